@@ -1,0 +1,17 @@
+"""lmgen: character-, word- and SentencePiece-level recurrent language models.
+
+>>> import lmgen
+>>> model, tokenizer = lmgen.load("checkpoints/run")  # doctest: +SKIP
+"""
+
+__version__ = "0.1.0"
+
+
+def load(path, device="cpu"):
+    """Load ``(model, tokenizer)`` from a checkpoint or run folder (see :mod:`lmgen.checkpoint`)."""
+    from .checkpoint import load as _load
+
+    return _load(path, device)
+
+
+__all__ = ["__version__", "load"]

@@ -1,0 +1,163 @@
+"""Typed, documented configurations.
+
+Every field has a default a beginner can run and a one-line help text; the CLI builds
+its flags from these fields (``lmgen train --help`` shows the same text and default),
+and a TOML file uses the same names. ``__post_init__`` validates at construction and
+names the offending flag, e.g. ``--dropout must be in [0, 1), got 1.5``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+CELLS = ("lstm", "gru", "rnn")
+TOKENIZERS = ("char", "word", "spm")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "plateau", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _help(text: str, **kw: Any) -> Any:
+    """A dataclass field whose metadata carries the flag's help text."""
+    return field(metadata={"help": text}, **kw)
+
+
+def flag(name: str) -> str:
+    """``spm_vocab`` -> ``--spm-vocab``: how a field is spelled on the command line."""
+    return "--" + name.replace("_", "-")
+
+
+def _check(ok: bool, name: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{flag(name)} must be {rule}, got {value!r}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    _check(value in choices, name, "one of " + ", ".join(choices), value)
+
+
+@dataclass
+class ModelConfig:
+    """Shape of an :class:`~lmgen.model.RNNLM`: embedding -> L recurrent layers -> decoder."""
+
+    cell: str = _help("recurrent cell: lstm, gru or rnn (tanh, Elman)", default="lstm")
+    vocab_size: int = _help("number of tokens (set from the tokenizer)", default=0)
+    embed: int = _help("embedding size E", default=64)
+    hidden: int = _help("hidden size H of every recurrent layer", default=512)
+    layers: int = _help("number of stacked recurrent layers L", default=1)
+    dropout: float = _help("dropout on embeddings, between layers and before the decoder", default=0.0)
+    tie: bool = _help("tie decoder and embedding weights (needs --embed == --hidden)", default=False)
+
+    def __post_init__(self) -> None:
+        _check_choice("cell", self.cell, CELLS)
+        _check(self.vocab_size >= 0, "vocab_size", ">= 0", self.vocab_size)
+        for name in ("embed", "hidden", "layers"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 1, name, "a whole number >= 1", value)
+        _check(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)", self.dropout)
+        if self.tie and self.embed != self.hidden:
+            raise ConfigError(
+                f"--tie needs --embed equal to --hidden, got --embed {self.embed} --hidden {self.hidden}"
+            )
+
+
+@dataclass
+class TrainConfig:
+    """How to train: data, tokenizer, optimisation, budget, output."""
+
+    corpus: str = _help("corpus name (see `lmgen corpus list`) or a text file / folder", default="python-stdlib")
+    tokenizer: str = _help("tokenizer: char, word or spm (SentencePiece)", default="char")
+    spm_vocab: int = _help("SentencePiece vocabulary size", default=8000)
+    spm_type: str = _help("SentencePiece model: unigram or bpe", default="unigram")
+    max_vocab: int = _help("word tokenizer: keep at most this many words (0 = all)", default=0)
+    min_count: int = _help("word tokenizer: drop words seen fewer times", default=1)
+    encoding_errors: str = _help("non-UTF-8 bytes in the corpus: strict (error) or replace", default="strict")
+
+    batch: int = _help("B: number of parallel streams per step", default=32)
+    bptt: int = _help("T: tokens per window of truncated back-propagation", default=64)
+    steps: int = _help("stop after this many optimiser steps (0 = no step limit)", default=0)
+    epochs: float = _help("stop after this many passes over the training split (0 = no limit)", default=0.0)
+    time: str = _help("stop after this much training time, e.g. 90s, 10m, 1h (empty = no limit)", default="")
+
+    optimizer: str = _help("optimiser: adamw or sgd", default="adamw")
+    lr: float = _help("peak learning rate", default=3e-3)
+    weight_decay: float = _help("decoupled weight decay (AdamW) / L2 (SGD)", default=0.0)
+    momentum: float = _help("SGD momentum", default=0.0)
+    clip: float = _help("clip the gradient norm to this value (0 = off)", default=1.0)
+    schedule: str = _help("learning-rate schedule: cosine (after warm-up), plateau or constant", default="cosine")
+    warmup: int = _help("warm-up steps (linear from 0 to --lr)", default=50)
+    min_lr: float = _help("cosine floor, as a fraction of --lr", default=0.1)
+    plateau_factor: float = _help("plateau: multiply the LR by this when validation stops improving", default=0.25)
+    plateau_patience: int = _help("plateau: evaluations without improvement before decaying", default=1)
+    patience: int = _help("early stopping: evaluations without improvement before stopping (0 = off)", default=0)
+
+    eval_every: int = _help("evaluate on the validation split (and save) every N steps", default=200)
+    eval_tokens: int = _help("validation tokens per periodic evaluation (0 = the whole split)", default=0)
+    log_every: int = _help("write a training row to metrics.jsonl every N steps", default=10)
+    seed: int = _help("random seed: fixes initialisation, dropout and data order", default=1337)
+    device: str = _help("device: auto (CUDA when present), cpu or cuda", default="auto")
+    amp: bool = _help("bf16 autocast on CUDA (ignored on CPU)", default=True)
+    compile: bool = _help("compile the model with torch.compile", default=False)
+    threads: int = _help("CPU threads for torch (0 = torch's default)", default=0)
+    max_nonfinite: int = _help("stop after this many non-finite losses in a row (each is skipped)", default=10)
+    out: str = _help("run folder: checkpoints (last/, best/) and metrics.jsonl", default="checkpoints/run")
+    resume: bool = _help("continue the run in --out from its last checkpoint", default=False)
+    progress: bool = _help("show a progress bar", default=True)
+
+    def __post_init__(self) -> None:
+        _check_choice("tokenizer", self.tokenizer, TOKENIZERS)
+        _check_choice("spm_type", self.spm_type, ("unigram", "bpe"))
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("encoding_errors", self.encoding_errors, ("strict", "replace"))
+        for name in ("batch", "bptt", "eval_every", "log_every", "spm_vocab", "min_count"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 1, name, "a whole number >= 1", value)
+        for name in ("steps", "warmup", "patience", "eval_tokens", "max_vocab", "threads", "max_nonfinite"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 0, name, "a whole number >= 0", value)
+        _check(self.epochs >= 0, "epochs", ">= 0", self.epochs)
+        _check(self.lr > 0, "lr", "> 0", self.lr)
+        _check(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
+        _check(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
+        _check(self.clip >= 0, "clip", ">= 0", self.clip)
+        _check(0 <= self.min_lr <= 1, "min_lr", "in [0, 1]", self.min_lr)
+        _check(0 < self.plateau_factor < 1, "plateau_factor", "in (0, 1)", self.plateau_factor)
+        _check(self.plateau_patience >= 0, "plateau_patience", ">= 0", self.plateau_patience)
+        self.time_seconds()  # validates the spelling
+
+    def time_seconds(self) -> float:
+        """``--time`` in seconds (0 when unset)."""
+        return parse_duration(self.time, "time")
+
+
+_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def parse_duration(text: str, name: str = "time") -> float:
+    """``"90s"``, ``"10m"``, ``"1.5h"`` or ``"120"`` -> seconds."""
+    if text in ("", "0"):
+        return 0.0
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|m|min|h)?\s*", str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"{flag(name)} must be a positive duration such as 90s, 10m or 1h, got {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2) or ""]
+
+
+def fields_of(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if f.name != "vocab_size"]
+
+
+def from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Build a config from a dict, naming unknown keys (e.g. typos in a TOML file)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} setting(s): {', '.join(unknown)}")
+    return cls(**values)

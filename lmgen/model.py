@@ -1,0 +1,118 @@
+"""The recurrent language model: embedding -> L recurrent layers -> dropout -> decoder.
+
+The hidden state is explicit: ``logits, state = model(tokens, state)``. Truncated BPTT
+carries ``state`` from one window to the next and cuts the graph with
+:func:`detach_state`; generation feeds one token at a time with the same call.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+from torch import Tensor, nn
+
+from .config import ModelConfig
+
+# LSTM state is (h, c), each [L, B, H]; GRU and tanh-RNN state is h, [L, B, H].
+State = Union[Tensor, tuple[Tensor, Tensor]]
+
+_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+
+class RNNLM(nn.Module):
+    """An autoregressive RNN / GRU / LSTM language model.
+
+    >>> model = RNNLM(ModelConfig(vocab_size=10, embed=8, hidden=16))
+    >>> logits, state = model(torch.zeros(2, 5, dtype=torch.long))
+    >>> logits.shape
+    torch.Size([2, 5, 10])
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        assert config.vocab_size > 0, "vocab_size must be set from the tokenizer"
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.embed)
+        self.drop = nn.Dropout(config.dropout)
+        kwargs = {"nonlinearity": "tanh"} if config.cell == "rnn" else {}
+        self.rnn = _CELLS[config.cell](
+            config.embed,
+            config.hidden,
+            num_layers=config.layers,
+            dropout=config.dropout if config.layers > 1 else 0.0,
+            batch_first=True,
+            **kwargs,
+        )
+        self.decoder = nn.Linear(config.hidden, config.vocab_size)
+        if config.tie:
+            # Press & Wolf 2017 / Inan et al. 2017: one matrix for input and output words.
+            self.decoder.weight = self.embedding.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Small uniform embedding/decoder init as in pytorch/examples word_language_model;
+        # recurrent weights keep PyTorch's U(-1/sqrt(H), 1/sqrt(H)).
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        if not self.config.tie:
+            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        self.rnn.reset_parameters()
+        if self.config.cell == "lstm":
+            # Forget-gate bias 1 (Gers et al. 2000; Jozefowicz et al. 2015): remember by default.
+            H = self.config.hidden
+            for name, param in self.rnn.named_parameters():
+                if name.startswith("bias_ih"):
+                    with torch.no_grad():
+                        param[H : 2 * H].fill_(1.0)
+                elif name.startswith("bias_hh"):
+                    with torch.no_grad():
+                        param[H : 2 * H].fill_(0.0)
+
+    def init_state(self, batch: int, device: torch.device | str | None = None) -> State:
+        """The zero state for ``batch`` streams: where every document stream starts."""
+        device = device if device is not None else self.embedding.weight.device
+        L, H = self.config.layers, self.config.hidden
+        zeros = torch.zeros(L, batch, H, device=device)
+        return (zeros, zeros.clone()) if self.config.cell == "lstm" else zeros
+
+    def forward(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """tokens [B, T] (int64) and state -> logits [B, T, V] and the state after the last step."""
+        x = self.drop(self.embedding(tokens))  # [B, T, E]
+        out, state = self.rnn(x, state)  # out [B, T, H]
+        logits = self.decoder(self.drop(out))  # [B, T, V]
+        return logits, state
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph between windows (truncated BPTT) but keep the values."""
+    if isinstance(state, tuple):
+        return tuple(s.detach() for s in state)  # type: ignore[return-value]
+    return state.detach()
+
+
+def state_to_tensors(state: State | None) -> dict[str, Tensor]:
+    """A state as named tensors (for saving alongside a checkpoint)."""
+    if state is None:
+        return {}
+    if isinstance(state, tuple):
+        return {"h": state[0].detach().cpu(), "c": state[1].detach().cpu()}
+    return {"h": state.detach().cpu()}
+
+
+def state_from_tensors(tensors: dict[str, Tensor], device: torch.device | str) -> State | None:
+    if not tensors:
+        return None
+    if "c" in tensors:
+        return (tensors["h"].to(device), tensors["c"].to(device))
+    return tensors["h"].to(device)
+
+
+def select_state(state: State, index: Tensor) -> State:
+    """Rows ``index`` of the batch dimension of a state (beam search, finished samples)."""
+    if isinstance(state, tuple):
+        return tuple(s.index_select(1, index) for s in state)  # type: ignore[return-value]
+    return state.index_select(1, index)
