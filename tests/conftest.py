@@ -1,0 +1,54 @@
+"""Shared test setup: the corpora mirror and a throw-away cache folder.
+
+The mirror is $LMGEN_CORPORA, else ``<repo>/../shared/corpora``; tests that need it take
+the ``mirror`` fixture, which skips (saying how to fix it) when there is none.
+LMGEN_CACHE always points at a session temp folder, so tests never write to ~/.cache.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# pytest -n 2 runs two torch processes on two cores: one thread each, and idle OpenMP
+# threads that sleep rather than spin (two spinning pools slow small ops 10-200x).
+# Set before anything imports torch; subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _find_mirror() -> Path | None:
+    value = os.environ.get("LMGEN_CORPORA")
+    candidate = Path(value).expanduser() if value else REPO.parent / "shared" / "corpora"
+    return candidate if candidate.is_dir() else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Set at configure time so subprocesses (CLI smoke tests) inherit it too.
+    found = _find_mirror()
+    if found is not None and not os.environ.get("LMGEN_CORPORA"):
+        os.environ["LMGEN_CORPORA"] = str(found)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _lmgen_cache(tmp_path_factory: pytest.TempPathFactory):
+    old = os.environ.get("LMGEN_CACHE")
+    os.environ["LMGEN_CACHE"] = str(tmp_path_factory.mktemp("lmgen-cache"))
+    yield Path(os.environ["LMGEN_CACHE"])
+    if old is None:
+        os.environ.pop("LMGEN_CACHE", None)
+    else:
+        os.environ["LMGEN_CACHE"] = old
+
+
+@pytest.fixture
+def mirror() -> Path:
+    """The shared corpora mirror folder, or skip the test."""
+    found = _find_mirror()
+    if found is None:
+        pytest.skip("shared corpora mirror not found: set LMGEN_CORPORA=/path/to/shared/corpora")
+    return found
