@@ -143,6 +143,14 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- eval (issue 4: lmgen/evaluate.py) --------------------------------------------------
+# --- plot (issue 4: lmgen/plot.py) ------------------------------------------------------
+# --- repl (issue 5: lmgen/repl.py) ------------------------------------------------------
+# --- viz (issue 6: lmgen/viz.py) --------------------------------------------------------
+# Each command adds `def cmd_X(args)` and `def add_X_parser(sub)` in its section above,
+# and one call in build_parser below.
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmgen",
@@ -186,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1, help="how many samples")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same text)")
     p.set_defaults(func=cmd_sample)
+
+    # add_eval_parser(sub); add_plot_parser(sub); add_repl_parser(sub); add_viz_parser(sub)
     return parser
 
 

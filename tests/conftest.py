@@ -52,3 +52,34 @@ def mirror() -> Path:
     if found is None:
         pytest.skip("shared corpora mirror not found: set LMGEN_CORPORA=/path/to/shared/corpora")
     return found
+
+
+# A small real text with several documents, quotes, a URL and indentation, for tiny
+# end-to-end runs that must not depend on the mirror.
+TINY_TEXT = (
+    'He said "hello there" and left.\n'
+    "See https://example.org/page?id=3 for more.\n"
+    "def f(x):\n    return x + 1\n"
+    "The cat sat on the mat. The dog sat on the log.\n"
+) * 40
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A text file of ~8 kB (split 90/5/5 by lmgen like any user file)."""
+    path = tmp_path_factory.mktemp("tiny-corpus") / "tiny.txt"
+    path.write_text(TINY_TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) -> Path:
+    """A run folder (best/, last/, metrics.jsonl) of a tiny char-LSTM trained for 40 steps."""
+    from lmgen.config import ModelConfig, TrainConfig
+    from lmgen.train import train
+
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    cfg = TrainConfig(corpus=str(tiny_corpus), batch=4, bptt=32, steps=40, eval_every=20, log_every=5,
+                      lr=1e-2, warmup=0, progress=False, out=str(out), seed=0)
+    train(cfg, ModelConfig(embed=16, hidden=32, layers=1), log=lambda msg: None)
+    return out
