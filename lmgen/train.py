@@ -404,8 +404,9 @@ def train(
                     _append_metrics(out, {"kind": "eval", "step": step, "epoch": epoch, "tokens": tokens_seen,
                                           "train_seconds": round(train_seconds, 3), "val_loss": val_loss,
                                           "val_ppl": perplexity(val_loss, 1), "lr": lr})
-                    bar.write(f"step {step}: val loss {val_loss:.4f} (ppl {perplexity(val_loss, 1):.2f}, "
-                              f"{val_loss / math.log(2):.3f} bits/token)", file=sys.stderr)
+                    message = (f"step {step}: val loss {val_loss:.4f} (ppl {perplexity(val_loss, 1):.2f}, "
+                               f"{val_loss / math.log(2):.3f} bits/token)")
+                    bar.write(message, file=sys.stderr) if cfg.progress else log(message)
                 checkpoint(val_loss, train_loss)
                 if stop.signum is not None:
                     stopped_by = "interrupted"

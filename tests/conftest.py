@@ -74,12 +74,12 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) -> Path:
-    """A run folder (best/, last/, metrics.jsonl) of a tiny char-LSTM trained for 40 steps."""
+    """A run folder (best/, last/, metrics.jsonl) of a tiny char-LSTM trained for 80 steps."""
     from lmgen.config import ModelConfig, TrainConfig
     from lmgen.train import train
 
     out = tmp_path_factory.mktemp("tiny-run") / "run"
-    cfg = TrainConfig(corpus=str(tiny_corpus), batch=4, bptt=32, steps=40, eval_every=20, log_every=5,
-                      lr=1e-2, warmup=0, progress=False, out=str(out), seed=0)
+    cfg = TrainConfig(corpus=str(tiny_corpus), batch=4, bptt=32, steps=80, eval_every=40, log_every=5,
+                      lr=2e-2, warmup=0, progress=False, out=str(out), seed=0)
     train(cfg, ModelConfig(embed=16, hidden=32, layers=1), log=lambda msg: None)
     return out
