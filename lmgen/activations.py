@@ -27,6 +27,7 @@ elementwise (c_t = f_t * c_{t-1} + i_t * g_t), no matrix product inside.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -232,14 +233,43 @@ def _lstm_gates(x: Tensor, h: Tensor, h0: Tensor, c0: Tensor, weights) -> dict[s
     pre = x @ w_ih.T + b_ih + h_prev @ w_hh.T + b_hh  # [T, 4H], PyTorch order i, f, g, o
     i, f, g, o = pre.chunk(4, dim=1)
     i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-    # The only sequential part: elementwise, so a loop over T costs microseconds per step.
-    ig = i * g
-    c = torch.empty_like(ig)
-    prev = c0
-    for t in range(len(ig)):
-        prev = torch.addcmul(ig[t], f[t], prev)
-        c[t] = prev
+    c = _linear_scan(f, i * g, c0)
     return {"h": h, "c": c, "i": i, "f": f, "g": g, "o": o}
+
+
+def _linear_scan(a: Tensor, b: Tensor, x0: Tensor) -> Tensor:
+    """x_t = a_t * x_{t-1} + b_t for t = 0..T-1 from x_{-1} = x0; a, b [T, H] -> x [T, H].
+
+    The LSTM cell state is such a linear recurrence. A plain loop costs T Python steps;
+    here T is cut into blocks of K ~ sqrt(T) steps::
+
+        1. inside every block at once, from a zero start:  local_t, and P_t = a_1 * ... * a_t
+        2. block by block, the true start of each block:   start_b = local_end + P_end * start_{b-1}
+        3. everywhere at once:                              x_t = local_t + P_t * start_b
+
+    so about 2 sqrt(T) Python steps, each over [T / K, H]; the same sums in another order.
+    """
+    T, H = b.shape
+    K = max(1, int(math.isqrt(T)))
+    nb = -(-T // K)
+    pad = nb * K - T
+    if pad:  # a_t = 1, b_t = 0 past the end: the state just stays
+        a = torch.cat([a, a.new_ones(pad, H)])
+        b = torch.cat([b, b.new_zeros(pad, H)])
+    A, B = a.reshape(nb, K, H), b.reshape(nb, K, H)
+    local, prod = torch.empty_like(B), torch.empty_like(A)
+    acc, run = B.new_zeros(nb, H), A.new_ones(nb, H)
+    for k in range(K):  # step 1
+        acc = torch.addcmul(B[:, k], A[:, k], acc)
+        run = run * A[:, k]
+        local[:, k], prod[:, k] = acc, run
+    starts = torch.empty(nb, H, dtype=b.dtype, device=b.device)
+    start = x0
+    for blk in range(nb):  # step 2
+        starts[blk] = start
+        start = torch.addcmul(local[blk, -1], prod[blk, -1], start)
+    x = torch.addcmul(local, prod, starts[:, None, :])  # step 3
+    return x.reshape(nb * K, H)[:T]
 
 
 def _gru_gates(x: Tensor, h: Tensor, h0: Tensor, weights) -> dict[str, Tensor]:

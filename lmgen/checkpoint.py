@@ -30,7 +30,7 @@ import torch
 from . import __version__
 from .config import ModelConfig, from_dict
 from .errors import CheckpointError, ConfigError, LmgenError
-from .model import RNNLM
+from .model import RNNLM, build_model
 from .tokenizer import Tokenizer, load_tokenizer
 
 FORMAT = "lmgen-checkpoint/1"
@@ -188,7 +188,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
             f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model was built for "
             f"{model_config.vocab_size}; tokenizer and weights come from different runs"
         )
-    model = RNNLM(model_config)
+    model = build_model(model_config)
     weights = folder / WEIGHTS_FILE
     if not weights.exists():
         raise CheckpointError(f"{weights} is missing; the checkpoint is incomplete")

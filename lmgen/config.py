@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-CELLS = ("lstm", "gru", "rnn")
+CELLS = ("lstm", "gru", "rnn", "window")
 TOKENIZERS = ("char", "word", "spm")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "plateau", "constant")
@@ -45,18 +45,20 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 class ModelConfig:
     """Shape of an :class:`~lmgen.model.RNNLM`: embedding -> L recurrent layers -> decoder."""
 
-    cell: str = _help("recurrent cell: lstm, gru or rnn (tanh, Elman)", default="lstm")
+    cell: str = _help("recurrent cell: lstm, gru or rnn (tanh, Elman); window = fixed-window feed-forward "
+                      "LM (Bengio et al. 2003)", default="lstm")
     vocab_size: int = _help("number of tokens (set from the tokenizer)", default=0)
     embed: int = _help("embedding size E", default=64)
     hidden: int = _help("hidden size H of every recurrent layer", default=512)
     layers: int = _help("number of stacked recurrent layers L", default=1)
     dropout: float = _help("dropout on embeddings, between layers and before the decoder", default=0.0)
     tie: bool = _help("tie decoder and embedding weights (needs --embed == --hidden)", default=False)
+    window: int = _help("--cell window: how many previous tokens the model sees", default=5)
 
     def __post_init__(self) -> None:
         _check_choice("cell", self.cell, CELLS)
         _check(self.vocab_size >= 0, "vocab_size", ">= 0", self.vocab_size)
-        for name in ("embed", "hidden", "layers"):
+        for name in ("embed", "hidden", "layers", "window"):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 1, name, "a whole number >= 1", value)
         _check(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)", self.dropout)

@@ -1,9 +1,36 @@
-"""Cross-entropy and perplexity over a whole split, the hidden state carried throughout."""
+"""Cross-entropy, perplexity and bits per character over a whole split or text file.
+
+The convention (DESIGN.md): every target token of the split is scored, ``[END]``
+included, with the state carried through the whole split from the zero state. The
+first token is predicted after an initial ``[END]`` (where every document starts, as in
+generation), so N tokens give N targets and nothing is lost.
+
+Two modes, one code path (:func:`evaluate_tokens`):
+
+- **exact** (``batch=1``): one stream; every token is predicted from a state that has
+  seen all previous tokens of the split.
+- **batched** (``batch=B``): the targets are cut into B contiguous streams of
+  ceil(N/B) tokens, run side by side. Every token is still scored exactly once (the
+  last stream is padded and masked, nothing is dropped), but streams 2..B start from
+  the zero state in the middle of the text, so their first few tokens are predicted
+  without their left context. The figure is therefore slightly pessimistic (an upper
+  bound in practice), and approaches the exact one as N/B grows.
+
+(:func:`stream_loss`, used for quick validation during training, is cruder: it uses the
+training batcher, which also drops the first token of every stream and the N mod B
+tokens at the end.)
+
+>>> result = evaluate_tokens(model, token_file.tokens, batch=1)  # doctest: +SKIP
+>>> result.perplexity, result.bits_per_char  # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
 import math
+import time
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,6 +38,8 @@ import torch.nn.functional as F
 
 from .data import StreamBatcher
 from .model import RNNLM
+
+LN2 = math.log(2.0)
 
 
 def autocast_for(device: torch.device, enabled: bool = True):
@@ -56,4 +85,243 @@ def stream_loss(
 
 
 def perplexity(nll: float, count: int) -> float:
+    """exp(nll / count), capped so that a diverged model gives a huge number, not an overflow."""
     return math.exp(min(nll / max(count, 1), 700.0))
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate_tokens` measured. ``nll`` is in nats, summed over ``tokens`` targets."""
+
+    tokens: int  # target tokens scored (= tokens of the text, [END] included)
+    nll: float  # summed negative log-likelihood, nats
+    end_tokens: int = 0  # how many targets are [END] (counted in every figure)
+    unknown: int = 0  # how many targets are <unk> (symbols the tokenizer lacks; counted too)
+    chars: int = 0  # characters of the raw text (0: unknown, no bits/char)
+    num_bytes: int = 0  # UTF-8 bytes of the raw text (0: unknown, no bits/byte)
+    batch: int = 1  # streams: 1 = exact mode
+    bptt: int = 256
+    seconds: float = 0.0
+    label: str = ""  # what was evaluated, e.g. "LSTM 2x200" or "5-gram KN"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exact(self) -> bool:
+        return self.batch == 1
+
+    @property
+    def loss(self) -> float:
+        """Cross-entropy, nats per token."""
+        return self.nll / max(self.tokens, 1)
+
+    @property
+    def perplexity(self) -> float:
+        return perplexity(self.nll, self.tokens)
+
+    @property
+    def bits_per_token(self) -> float:
+        return self.loss / LN2
+
+    @property
+    def bits_per_char(self) -> float | None:
+        """Total bits over characters of the raw text: comparable across char/word/spm models."""
+        return self.nll / LN2 / self.chars if self.chars else None
+
+    @property
+    def bits_per_byte(self) -> float | None:
+        """Total bits over UTF-8 bytes (what enwik8 papers call "bpc")."""
+        return self.nll / LN2 / self.num_bytes if self.num_bytes else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field and figure, for ``--json``."""
+        row = asdict(self)
+        row.update(exact=self.exact, loss=self.loss, perplexity=self.perplexity,
+                   bits_per_token=self.bits_per_token, bits_per_char=self.bits_per_char,
+                   bits_per_byte=self.bits_per_byte)
+        return row
+
+    def summary(self) -> str:
+        """One line of figures, e.g. ``CE 4.7421 nats/token | ppl 114.72 | 6.841 bits/token | ...``."""
+        parts = [f"CE {self.loss:.4f} nats/token", f"perplexity {self.perplexity:.2f}",
+                 f"{self.bits_per_token:.4f} bits/token"]
+        if self.bits_per_char is not None:
+            parts.append(f"{self.bits_per_char:.4f} bits/char")
+        if self.bits_per_byte is not None and self.num_bytes != self.chars:
+            parts.append(f"{self.bits_per_byte:.4f} bits/byte")
+        return " | ".join(parts)
+
+    def describe(self) -> str:
+        """The counts and the mode in words: what the figures are over."""
+        mode = ("exact: one stream, every token predicted from all previous ones" if self.exact else
+                f"batched: {self.batch} streams, each from the zero state (use --exact for the exact figure)")
+        text = (f"{self.tokens:,} target tokens, {self.end_tokens:,} of them [END] (counted), "
+                f"{self.unknown:,} <unk>")
+        if self.chars:
+            text += f"; {self.chars:,} characters"
+            if self.num_bytes and self.num_bytes != self.chars:
+                text += f", {self.num_bytes:,} bytes"
+        return f"{text}; state carried through the text, first token predicted after [END]; {mode}"
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _device_of(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+def target_log_probs(model: Any, x: torch.Tensor, y: torch.Tensor, state: Any, amp: bool = False):
+    """log p(y[b, t] | x[b, :t+1], state) as float64 [B, T], and the state after ``x``.
+
+    A model with its own ``target_log_probs`` (the n-gram LM, which need not build [B, T, V])
+    uses it; any other is called as ``model(x, state) -> (logits, state)``.
+    """
+    if hasattr(model, "target_log_probs"):
+        logp, state = model.target_log_probs(x, y, state)
+        return logp.double(), state
+    with autocast_for(x.device, amp):
+        logits, state = model(x, state)  # [B, T, V]
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    return logp.gather(-1, y.unsqueeze(-1)).squeeze(-1), state  # [B, T]
+
+
+@torch.no_grad()
+def evaluate_tokens(
+    model: Any,
+    tokens: np.ndarray,
+    *,
+    batch: int = 16,
+    bptt: int = 256,
+    end_id: int = 0,
+    unk_id: int = 1,
+    chars: int = 0,
+    num_bytes: int = 0,
+    amp: bool = False,
+    label: str = "",
+) -> EvalResult:
+    """Score every token of ``tokens`` ([N] ids) with ``batch`` streams (1 = exact mode).
+
+    The inputs are ``[END] + tokens[:-1]`` and the targets ``tokens``: N targets. With B
+    streams of L = ceil(N/B) targets each::
+
+        s = [END] t0 t1 ... t(N-1) pad...      stream b: inputs  s[bL .. bL+L-1]
+                                                          targets s[bL+1 .. bL+L] (pads masked)
+
+    and windows of ``bptt`` steps carry each stream's state to its end.
+
+    >>> r = evaluate_tokens(model, np.array([5, 3, 0]), batch=1)  # doctest: +SKIP
+    >>> r.tokens, r.end_tokens  # doctest: +SKIP
+    (3, 1)
+    """
+    if bptt < 1 or batch < 1:
+        raise ValueError(f"batch and bptt must be >= 1, got batch={batch} bptt={bptt}")
+    tokens = np.asarray(tokens)
+    N = int(tokens.shape[0])
+    if N == 0:
+        return EvalResult(0, 0.0, chars=chars, num_bytes=num_bytes, batch=1, bptt=bptt, label=label)
+    B = min(batch, N)
+    L = -(-N // B)  # targets per stream
+    padded = np.full(B * L + 1, end_id, dtype=np.int64)
+    padded[1 : N + 1] = tokens
+    inputs = padded[: B * L].reshape(B, L)
+    targets = padded[1:].reshape(B, L)
+    valid = (np.arange(B * L) < N).reshape(B, L)
+
+    device = _device_of(model)
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    start = time.perf_counter()
+    nll, state = 0.0, None
+    try:
+        for t0 in range(0, L, bptt):
+            x = torch.from_numpy(inputs[:, t0 : t0 + bptt]).to(device)  # [B, T]
+            y = torch.from_numpy(targets[:, t0 : t0 + bptt]).to(device)
+            mask = torch.from_numpy(valid[:, t0 : t0 + bptt]).to(device)
+            logp, state = target_log_probs(model, x, y, state, amp)
+            nll -= float(logp[mask].sum())
+    finally:
+        if hasattr(model, "train"):
+            model.train(was_training)
+    return EvalResult(
+        tokens=N, nll=nll, end_tokens=int(np.count_nonzero(tokens == end_id)),
+        unknown=int(np.count_nonzero(tokens == unk_id)), chars=chars, num_bytes=num_bytes, batch=B, bptt=bptt,
+        seconds=time.perf_counter() - start, label=label,
+    )
+
+
+# --------------------------------------------------------------------------- text sources
+
+
+def file_corpus(path: str, separator: str = "none", errors: str = "replace"):
+    """A whole text file as a corpus whose only split, "test", is all of it.
+
+    ``separator`` says where documents end ([END]): "none" (only at the end of the file),
+    "line", "blank" (blank lines) or "file" — use the one the model was trained with.
+    """
+    from pathlib import Path
+
+    from .corpora import Corpus
+    from .errors import CorpusError
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise CorpusError(f"{p} is not a text file; give --split valid, test or the path of a text file")
+    if p.stat().st_size == 0:
+        raise CorpusError(f"{p} is empty; give a text file with some text in it")
+    return Corpus(p.name, [p], split="files", split_files={"test": [p]}, separator=separator, errors=errors,
+                  description=f"the text file {p}")
+
+
+def evaluate_split(
+    model: Any,
+    tokenizer: Any,
+    corpus: Any,
+    split: str,
+    *,
+    batch: int = 16,
+    bptt: int = 256,
+    amp: bool = False,
+    label: str = "",
+    max_tokens: int = 0,
+) -> EvalResult:
+    """Encode ``split`` of ``corpus`` with ``tokenizer`` (cached) and score it.
+
+    bits/char and bits/byte divide by the characters / UTF-8 bytes of the split's raw text
+    (``corpus.num_chars(split)``: documents joined by "\\n" where the corpus has a separator).
+    ``max_tokens`` > 0 scores only a prefix (quick runs); then no per-character figures.
+
+    >>> evaluate_split(model, tok, corpora.resolve("ptb"), "test", batch=1).perplexity  # doctest: +SKIP
+    """
+    from .data import encode_split
+
+    token_file = encode_split(corpus, tokenizer, split)
+    tokens = token_file.tokens
+    chars = nbytes = 0
+    if max_tokens and max_tokens < len(tokens):
+        tokens = tokens[:max_tokens]
+    else:
+        chars = corpus.num_chars(split)
+        nbytes = corpus.num_bytes(split)
+    result = evaluate_tokens(model, tokens, batch=batch, bptt=bptt, end_id=tokenizer.end_id,
+                             unk_id=tokenizer.unk_id, chars=chars, num_bytes=nbytes, amp=amp, label=label)
+    result.extra.update(corpus=corpus.name, split=split)
+    return result
+
+
+def model_label(model: Any) -> str:
+    """Short name of a model for result lines, e.g. "LSTM 2x200", "window-5 FFNN", "5-gram KN"."""
+    if hasattr(model, "label"):
+        return model.label
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return type(model).__name__
+    if cfg.cell == "window":
+        return f"{cfg.window}-token window FFNN {cfg.layers}x{cfg.hidden}"
+    return f"{cfg.cell.upper()} {cfg.layers}x{cfg.hidden}"

@@ -87,6 +87,64 @@ class RNNLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+class WindowLM(nn.Module):
+    """Fixed-window feed-forward LM (Bengio et al. 2003): the previous W token embeddings,
+    concatenated, through ``layers`` tanh layers of size H, then the decoder.
+
+    Same interface as :class:`RNNLM`; the state is the last W-1 token ids, [W-1, B]
+    (batch in dimension 1 like an RNN state, so :func:`select_state` works), initially
+    ``[END]`` (id 0): windows of truncated BPTT and generation continue seamlessly.
+
+    >>> model = WindowLM(ModelConfig(cell="window", vocab_size=10, embed=8, hidden=16, window=3))
+    >>> logits, state = model(torch.zeros(2, 5, dtype=torch.long))
+    >>> logits.shape, state.shape
+    (torch.Size([2, 5, 10]), torch.Size([2, 2]))
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        assert config.vocab_size > 0, "vocab_size must be set from the tokenizer"
+        self.config = config
+        W, E, H = config.window, config.embed, config.hidden
+        self.embedding = nn.Embedding(config.vocab_size, E)
+        self.drop = nn.Dropout(config.dropout)
+        sizes = [W * E] + [H] * config.layers
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.decoder = nn.Linear(H, config.vocab_size)
+        if config.tie:
+            self.decoder.weight = self.embedding.weight
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        if not config.tie:
+            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+
+    def init_state(self, batch: int, device: torch.device | str | None = None) -> Tensor:
+        """W-1 ``[END]`` ids per stream, [W-1, B]: the context every document stream starts with."""
+        device = device if device is not None else self.embedding.weight.device
+        return torch.zeros(self.config.window - 1, batch, dtype=torch.long, device=device)
+
+    def forward(self, tokens: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """tokens [B, T] and state [W-1, B] -> logits [B, T, V] and the last W-1 ids [W-1, B]."""
+        B, T = tokens.shape
+        W = self.config.window
+        if state is None:
+            state = self.init_state(B, tokens.device)
+        seq = torch.cat([state.t(), tokens], dim=1)  # [B, W-1+T]
+        windows = seq.unfold(1, W, 1)  # [B, T, W]: position t sees tokens t-W+1 .. t
+        x = self.drop(self.embedding(windows).flatten(2))  # [B, T, W*E]
+        for layer in self.hidden:
+            x = self.drop(torch.tanh(layer(x)))  # [B, T, H]
+        return self.decoder(x), seq[:, seq.shape[1] - (W - 1) :].t()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The model ``config.cell`` names: :class:`WindowLM` for "window", else :class:`RNNLM`."""
+    return WindowLM(config) if config.cell == "window" else RNNLM(config)
+
+
 def detach_state(state: State) -> State:
     """Cut the graph between windows (truncated BPTT) but keep the values."""
     if isinstance(state, tuple):

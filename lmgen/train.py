@@ -31,7 +31,7 @@ from .config import ModelConfig, TrainConfig
 from .data import StreamBatcher, encode_split, prepare_tokenizer
 from .errors import ConfigError, LmgenError
 from .evaluate import autocast_for, perplexity, stream_loss
-from .model import RNNLM, detach_state, state_from_tensors, state_to_tensors
+from .model import RNNLM, build_model, detach_state, state_from_tensors, state_to_tensors
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -255,7 +255,7 @@ def train(
     # -- model and optimiser ------------------------------------------------------------
     torch.manual_seed(cfg.seed)
     if train_state is None:
-        model = RNNLM(dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)).to(device)
+        model = build_model(dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)).to(device)
     model.train()
     _check_disk(out, model)
     optimizer = make_optimizer(model, cfg)
