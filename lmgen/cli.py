@@ -144,9 +144,126 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
 
 # --- eval (issue 4: lmgen/evaluate.py) --------------------------------------------------
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .evaluate import evaluate_checkpoint
+    from .train import resolve_device
+
+    report = evaluate_checkpoint(
+        args.checkpoint, split=args.split, corpus=args.corpus, batch=args.batch, bptt=args.bptt,
+        exact=args.exact, baselines=args.baseline or [], separator=args.separator,
+        device=str(resolve_device(args.device)), max_tokens=args.max_tokens,
+    )
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
+    return 0
+
+
+def add_eval_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "eval", help="perplexity and bits per character of a checkpoint", formatter_class=_Formatter,
+        description="Cross-entropy (nats/token), perplexity, bits/token, bits/char (and bits/byte) over a "
+                    "whole split or text file. Every token is a target, [END] included; the state is carried "
+                    "through the text from the zero state and the first token is predicted after [END].\n\n"
+                    "Batched mode (default) runs --batch streams side by side: every token is still scored, "
+                    "but each stream after the first starts from the zero state mid-text, losing context for "
+                    "its first tokens (a slightly pessimistic figure). --exact runs one stream.",
+        epilog="examples:\n  lmgen eval checkpoints/ptb --split test --exact --baseline ngram:5\n"
+               "  lmgen eval checkpoints/shakespeare --split notes.txt --json")
+    p.add_argument("checkpoint", help="checkpoint folder or run folder (its best/ is used)")
+    p.add_argument("--split", default=None,
+                   help="valid, test, train, or the path of a text file (default: test, else valid)")
+    p.add_argument("--corpus", default=None, help="corpus NAME|PATH (default: the one the checkpoint was trained on)")
+    p.add_argument("--batch", type=int, default=16, help="parallel streams in batched mode")
+    p.add_argument("--bptt", type=int, default=256, help="tokens per forward call (memory, not the result)")
+    p.add_argument("--exact", action="store_true", help="one stream: every token sees all previous ones")
+    p.add_argument("--baseline", action="append", metavar="ngram:N",
+                   help="also score an order-N Kneser-Ney n-gram LM fitted to the same training split "
+                        "with the same tokenizer (repeatable)")
+    p.add_argument("--separator", choices=["line", "blank", "file", "none"], default=None,
+                   help="for a text file: where documents ([END]) end (default: as the training corpus)")
+    p.add_argument("--max-tokens", type=int, default=0, help="score only the first N tokens (0 = all)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="where to run the model")
+    p.add_argument("--json", action="store_true", help="print every figure as JSON")
+    p.set_defaults(func=cmd_eval)
+
+
 # --- plot (issue 4: lmgen/plot.py) ------------------------------------------------------
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import plot_runs
+
+    plot_runs(args.runs, labels=args.label, out=args.out, title=args.title)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def add_plot_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "plot", help="training curves of one or more runs", formatter_class=_Formatter,
+        description="Training and validation loss and perplexity against steps and training time, "
+                    "from each run folder's metrics.jsonl; several runs share one figure.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (lmgen train --out)")
+    p.add_argument("--out", default="curves.png", help="image file to write (.png, .svg, .pdf)")
+    p.add_argument("--label", action="append", help="a label per run, in order (default: folder names)")
+    p.add_argument("--title", default=None, help="figure title")
+    p.set_defaults(func=cmd_plot)
+
+
 # --- repl (issue 5: lmgen/repl.py) ------------------------------------------------------
 # --- viz (issue 6: lmgen/viz.py) --------------------------------------------------------
+def cmd_viz(args: argparse.Namespace) -> int:
+    from .activations import regex_mask, trace
+    from .checkpoint import load_checkpoint
+    from .probe import rank_units
+    from .viz import show
+
+    try:
+        text = Path(args.text).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise ConfigError(f"--text {args.text}: cannot read it ({exc.strerror})") from None
+    if args.max_chars and len(text) > args.max_chars:
+        text = text[: args.max_chars]
+    ckpt = load_checkpoint(args.checkpoint)
+    tr = trace(ckpt.model, ckpt.tokenizer, text, top_k=max(args.top_k, 1), allow_unknown=args.allow_unknown)
+    if args.find is not None:
+        ranking = rank_units(tr, regex_mask(text, args.find), kinds=args.kinds.split(",") if args.kinds else None)
+        best = ranking[0]
+        print("best units for /" + args.find + "/ (chosen on the first half, AUROC on the second):", file=sys.stderr)
+        for score in ranking[:10]:
+            print(f"  {score}", file=sys.stderr)
+        unit, sign = best.unit, best.sign
+        note = f"best unit for /{args.find}/: sign {'+' if sign > 0 else '-'}, AUROC first half {best.auroc_a:.3f}, second half {best.auroc_b:.3f}"
+    else:
+        if args.layer is None or args.unit is None:
+            raise ConfigError("give --find REGEX, or both --layer L and --unit U")
+        unit, sign, note = tr.check_unit(args.layer, args.kind, args.unit), 1, ""
+    view = show(tr, unit.layer, unit.kind, unit.index, sign=sign, top_k=args.top_k, note=note)
+    view.save(args.out)
+    print(f"wrote {args.out} ({unit}, {len(tr)} tokens)", file=sys.stderr)
+    return 0
+
+
+def add_viz_parser(sub: Any) -> None:
+    p = sub.add_parser("viz", help="colour a text by one unit's activation (HTML page)", formatter_class=_Formatter,
+                       description="Write a standalone HTML page: the text coloured by one unit (layers and units "
+                                   "count from 0), with the model's top-k next-token guesses under each position. "
+                                   "--find REGEX picks the unit that best separates the regex's matches.",
+                       epilog="example:\n  lmgen viz checkpoints/enwiki --text page.xml --find 'https?://\\S+' --out url.html")
+    p.add_argument("checkpoint", help="checkpoint folder or run folder (its best/ is used)")
+    p.add_argument("--text", required=True, help="UTF-8 text file to run the model over")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--find", metavar="REGEX", default=None, help="rank all units for 'inside a match' and show the best")
+    which.add_argument("--layer", type=int, default=None, help="layer of the unit to show (0-based)")
+    p.add_argument("--unit", type=int, default=None, help="index of the unit to show (0-based)")
+    p.add_argument("--kind", default="c", help="activation kind: h, c, i, f, g, o (LSTM); h, r, z, n (GRU); h (RNN)")
+    p.add_argument("--kinds", default=None, help="--find: only rank these kinds, comma-separated (default: all)")
+    p.add_argument("--top-k", type=int, default=5, help="next-token guesses shown under each position")
+    p.add_argument("--max-chars", type=int, default=20000, help="use only the first N characters of the text (0 = all)")
+    p.add_argument("--allow-unknown", action="store_true", help="read symbols outside the vocabulary as <unk>")
+    p.add_argument("--out", default="viz.html", help="HTML file to write")
+    p.set_defaults(func=cmd_viz)
+
+
 # Each command adds `def cmd_X(args)` and `def add_X_parser(sub)` in its section above,
 # and one call in build_parser below.
 
@@ -195,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same text)")
     p.set_defaults(func=cmd_sample)
 
+    add_eval_parser(sub)
+    add_plot_parser(sub)
+    add_viz_parser(sub)
     # add_eval_parser(sub); add_plot_parser(sub); add_repl_parser(sub); add_viz_parser(sub)
     return parser
 

@@ -9,7 +9,7 @@ Two modes, one code path (:func:`evaluate_tokens`):
 
 - **exact** (``batch=1``): one stream; every token is predicted from a state that has
   seen all previous tokens of the split.
-- **batched** (``batch=B``): the targets are cut into B contiguous streams of
+- **batched** (``batch=B``, at most N/64 streams): the targets are cut into B contiguous streams of
   ceil(N/B) tokens, run side by side. Every token is still scored exactly once (the
   last stream is padded and masked, nothing is dropped), but streams 2..B start from
   the zero state in the middle of the text, so their first few tokens are predicted
@@ -40,6 +40,7 @@ from .data import StreamBatcher
 from .model import RNNLM
 
 LN2 = math.log(2.0)
+MIN_STREAM = 64  # batched mode: never fewer targets than this per stream
 
 
 def autocast_for(device: torch.device, enabled: bool = True):
@@ -225,7 +226,7 @@ def evaluate_tokens(
     N = int(tokens.shape[0])
     if N == 0:
         return EvalResult(0, 0.0, chars=chars, num_bytes=num_bytes, batch=1, bptt=bptt, label=label)
-    B = min(batch, N)
+    B = min(batch, max(1, N // MIN_STREAM))  # very short streams would be mostly context-free
     L = -(-N // B)  # targets per stream
     padded = np.full(B * L + 1, end_id, dtype=np.int64)
     padded[1 : N + 1] = tokens
@@ -325,3 +326,120 @@ def model_label(model: Any) -> str:
     if cfg.cell == "window":
         return f"{cfg.window}-token window FFNN {cfg.layers}x{cfg.hidden}"
     return f"{cfg.cell.upper()} {cfg.layers}x{cfg.hidden}"
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class EvalReport:
+    """``lmgen eval``'s answer: the checkpoint's result, then one per baseline."""
+
+    checkpoint: str
+    source: str  # e.g. "ptb test" or "the text file notes.txt"
+    results: list[EvalResult]
+    unknown_symbols: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"checkpoint": self.checkpoint, "source": self.source, "unknown_symbols": self.unknown_symbols,
+                "results": [r.to_dict() for r in self.results]}
+
+    def format(self) -> str:
+        """Human-readable lines: what was measured, the figures, and the comparison."""
+        first = self.results[0]
+        lines = [f"{self.checkpoint} on {self.source}", f"  {first.describe()}"]
+        if first.unknown:
+            shown = ", ".join(map(repr, self.unknown_symbols)) or "see the tokenizer"
+            lines.append(f"  note: {first.unknown:,} targets are <unk> (symbols the tokenizer lacks: {shown}); "
+                         "they are scored as <unk>, which flatters the figures")
+        width = max(len(r.label) for r in self.results)
+        for r in self.results:
+            lines.append(f"  {r.label:<{width}}  {r.summary()}  [{r.seconds:.1f} s]")
+        if len(self.results) > 1:
+            lines.append("  " + " vs ".join(f"{r.label} {r.perplexity:.1f}" for r in self.results) + " (perplexity)")
+        return "\n".join(lines)
+
+
+def parse_baseline(spec: str) -> int:
+    """``"ngram:5"`` (or ``"ngram"``, order 5) -> 5; anything else raises ConfigError."""
+    from .errors import ConfigError
+
+    kind, _, order = spec.partition(":")
+    if kind != "ngram" or (order and not order.isdigit()) or (order and int(order) < 1):
+        raise ConfigError(f"--baseline must look like ngram:5 (an n-gram LM of order 5), got {spec!r}")
+    return int(order) if order else 5
+
+
+def evaluate_checkpoint(
+    path: str,
+    *,
+    split: str | None = None,
+    corpus: str | None = None,
+    batch: int = 16,
+    bptt: int = 256,
+    exact: bool = False,
+    baselines: list[str] | tuple[str, ...] = (),
+    separator: str | None = None,
+    device: str = "cpu",
+    max_tokens: int = 0,
+) -> EvalReport:
+    """What ``lmgen eval`` does: score a checkpoint on a split (default test, else valid)
+    of its training corpus (or ``corpus``), or on any text file; then each baseline
+    (``"ngram:5"``: a 5-gram KN LM fitted to the same corpus's training split with the
+    same tokenizer), with the same evaluator on the same tokens.
+
+    >>> print(evaluate_checkpoint("checkpoints/ptb", split="test", baselines=["ngram:5"]).format())  # doctest: +SKIP
+    """
+    from pathlib import Path
+
+    from . import corpora
+    from .checkpoint import load_checkpoint
+    from .data import encode_split
+    from .errors import ConfigError, CorpusError
+    from .ngram import NgramLM
+
+    orders = [parse_baseline(b) for b in baselines]
+    if batch < 1 or bptt < 1:
+        raise ConfigError(f"--batch and --bptt must be >= 1, got --batch {batch} --bptt {bptt}")
+    ckpt = load_checkpoint(path, device)
+    tokenizer = ckpt.tokenizer
+    trained_on = ckpt.config.get("corpus") or {}
+    errors = (ckpt.config.get("train") or {}).get("encoding_errors", "strict")
+
+    def training_corpus() -> corpora.Corpus:
+        name = corpus or trained_on.get("source") or trained_on.get("name")
+        if not name:
+            raise ConfigError("the checkpoint does not say which corpus it was trained on; pass --corpus NAME")
+        try:
+            return corpora.resolve(name, errors=errors)
+        except CorpusError as exc:
+            raise CorpusError(f"{exc} (the checkpoint was trained on {name!r}; pass --corpus NAME|PATH)") from None
+
+    if split is None or split in corpora.SPLIT_NAMES:
+        source_corpus = training_corpus()
+        if split is None:
+            split = "test" if "test" in source_corpus.splits else "valid"
+        if trained_on.get("fingerprint") not in (None, source_corpus.fingerprint) and corpus is None:
+            raise ConfigError(f"corpus {source_corpus.name!r} has changed since the checkpoint was trained; "
+                              "pass --corpus to evaluate on it anyway")
+        eval_corpus, eval_split, label = source_corpus, split, f"{source_corpus.name} {split}"
+    else:
+        if separator is None:
+            spec = corpora.REGISTRY.get(trained_on.get("name", ""))
+            separator = spec.separator if spec else "none"
+        eval_corpus, eval_split = file_corpus(split, separator), "test"
+        label = f"the text file {split} (documents end at: {separator})"
+    unknown_symbols: list[str] = []
+    if encode_split(eval_corpus, tokenizer, eval_split).unknown:
+        unknown_symbols = tokenizer.unknown_symbols(eval_corpus.text(eval_split))
+
+    B = 1 if exact else batch
+    results = [evaluate_split(ckpt.model, tokenizer, eval_corpus, eval_split, batch=B, bptt=bptt,
+                              label=model_label(ckpt.model), max_tokens=max_tokens)]
+    if orders:
+        train_tokens = encode_split(training_corpus(), tokenizer, "train").tokens
+        for order in orders:
+            lm = NgramLM.fit(train_tokens, order, tokenizer.vocab_size, tokenizer.end_id)
+            results.append(evaluate_split(lm, tokenizer, eval_corpus, eval_split, batch=B, bptt=bptt,
+                                          label=lm.label, max_tokens=max_tokens))
+    return EvalReport(str(Path(path)), label, results, unknown_symbols)

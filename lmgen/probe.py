@@ -1,0 +1,239 @@
+"""Finding units by hypothesis: which single unit separates "inside" from "outside" best?
+
+A hypothesis is a boolean mask over the characters of a traced text (``regex_mask`` for
+"inside a URL"). Every unit of every layer and kind is scored by its AUROC: the chance
+that a random inside position has a larger value than a random outside one (ties count
+half). A unit that is *low* inside works as well, so each unit gets a sign. The unit and
+its sign are chosen on part A of the text and reported on part B, so the figure is not
+the maximum of many noisy scores::
+
+      text:  |<---------- A: choose unit + sign ---------->|<---- B: report ---->|
+
+``logistic_probe`` fits a sparse (L1) logistic regression over all units on A and
+reports its AUROC on B: how much a reader of *all* units gets, for comparison.
+
+    >>> tr = trace(model, tok, text)                                   # doctest: +SKIP
+    >>> best = rank_units(tr, regex_mask(text, URL_REGEX))[0]          # doctest: +SKIP
+    >>> best.unit, best.sign, best.auroc_b                             # doctest: +SKIP
+    (Unit(layer=0, kind='c', index=37), 1, 0.97)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .activations import Trace, Unit
+from .errors import ConfigError
+
+# "Inside a URL": scheme or www., then non-space characters that are not wiki/markup
+# delimiters. Fixed here, before any run, so a benchmark cannot tune it on its result.
+URL_REGEX = r"(?:https?|ftp)://[^\s\[\]<>\"'|{}]+|www\.[^\s\[\]<>\"'|{}]+"
+# "Inside a wiki link": the brackets and everything between them, on one line.
+WIKILINK_REGEX = r"\[\[[^\[\]\n]*\]\]"
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..T of every column of ``x`` [T, N] (ties get their average rank)."""
+    x = np.asarray(x)
+    squeeze = x.ndim == 1
+    if squeeze:
+        x = x[:, None]
+    T = x.shape[0]
+    order = np.argsort(x, axis=0, kind="stable")
+    s = np.take_along_axis(x, order, axis=0)
+    idx = np.broadcast_to(np.arange(T)[:, None], s.shape)
+    new = np.ones(s.shape, dtype=bool)
+    new[1:] = s[1:] != s[:-1]  # first position of each run of equal values
+    last = np.ones(s.shape, dtype=bool)
+    last[:-1] = new[1:]  # last position of each run
+    first_pos = np.maximum.accumulate(np.where(new, idx, 0), axis=0)
+    last_pos = np.minimum.accumulate(np.where(last, idx, T - 1)[::-1], axis=0)[::-1]
+    ranks = np.empty(s.shape, dtype=np.float64)
+    np.put_along_axis(ranks, order, (first_pos + last_pos) / 2.0 + 1.0, axis=0)
+    return ranks[:, 0] if squeeze else ranks
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray | float:
+    """Area under the ROC curve of every column of ``scores`` [T, N] (or [T]) for boolean
+    ``labels`` [T]: P(score_inside > score_outside) + P(equal) / 2 (Mann-Whitney U)."""
+    labels = np.asarray(labels, dtype=bool)
+    pos, neg = int(labels.sum()), int((~labels).sum())
+    if pos == 0 or neg == 0:
+        raise ConfigError(f"AUROC needs positions both inside and outside the predicate; "
+                          f"got {pos} inside and {neg} outside")
+    ranks = average_ranks(np.asarray(scores, dtype=np.float64))
+    u = ranks[labels].sum(axis=0) - pos * (pos + 1) / 2.0
+    return u / (pos * neg)
+
+
+@dataclass
+class UnitScore:
+    """A unit with the sign chosen on part A and its AUROC on A and B (after the sign)."""
+
+    unit: Unit
+    sign: int
+    auroc_a: float
+    auroc_b: float
+
+    def __str__(self) -> str:
+        return f"{self.unit}{'+' if self.sign > 0 else '-'}  AUROC A {self.auroc_a:.3f}  B {self.auroc_b:.3f}"
+
+
+def split_positions(trace: Trace, split_at: int | None = None, fraction: float = 0.5) -> np.ndarray:
+    """Boolean [T]: True for tokens in part A. ``split_at``: the first character of part B;
+    default: the first ``fraction`` of the tokens."""
+    if split_at is not None:
+        if not 0 < split_at < len(trace.text):
+            raise ConfigError(f"split_at must be inside the text (1..{len(trace.text) - 1}), got {split_at}")
+        return trace.spans[:, 0] < split_at
+    if not 0 < fraction < 1:
+        raise ConfigError(f"fraction must be in (0, 1), got {fraction}")
+    return np.arange(len(trace)) < int(round(len(trace) * fraction))
+
+
+def _parts(trace: Trace, char_mask, where, split_at, fraction):
+    labels = trace.token_mask(char_mask)
+    keep = trace.token_mask(where) if where is not None else np.ones(len(trace), dtype=bool)
+    in_a = split_positions(trace, split_at, fraction)
+    a, b = keep & in_a, keep & ~in_a
+    for name, part in (("A", a), ("B", b)):
+        inside = int(labels[part].sum())
+        if inside == 0 or inside == part.sum():
+            raise ConfigError(
+                f"part {name} of the text has {inside} of {int(part.sum())} positions inside the predicate; "
+                f"both parts need positions inside and outside (use a longer text or move split_at)"
+            )
+    return labels, a, b
+
+
+def rank_units(
+    trace: Trace,
+    char_mask: np.ndarray,
+    *,
+    kinds=None,
+    where: np.ndarray | None = None,
+    split_at: int | None = None,
+    fraction: float = 0.5,
+) -> list[UnitScore]:
+    """Every unit, best first: sign and order chosen by AUROC on part A, AUROC_B reported.
+
+    ``char_mask`` [len(text)]: the predicate per character (see ``regex_mask``).
+    ``where`` [len(text)]: only score these positions (e.g. inside long non-space runs:
+    the "hard" AUROC). ``kinds``: only these activation kinds (default all).
+    """
+    labels, a, b = _parts(trace, char_mask, where, split_at, fraction)
+    matrix, units = trace.matrix(kinds)
+    auc_a = auroc(matrix[a], labels[a])
+    auc_b = auroc(matrix[b], labels[b])
+    signs = np.where(auc_a >= 0.5, 1, -1)
+    auc_a = np.where(signs > 0, auc_a, 1 - auc_a)
+    auc_b = np.where(signs > 0, auc_b, 1 - auc_b)
+    order = np.argsort(-auc_a, kind="stable")
+    return [UnitScore(units[j], int(signs[j]), float(auc_a[j]), float(auc_b[j])) for j in order]
+
+
+def score_feature(
+    trace: Trace, values: np.ndarray, char_mask: np.ndarray, *, where=None, split_at=None, fraction=0.5
+) -> UnitScore:
+    """The same protocol for one extra per-token feature (e.g. a run-length counter)."""
+    labels, a, b = _parts(trace, char_mask, where, split_at, fraction)
+    values = np.asarray(values, dtype=np.float64)
+    auc_a, auc_b = float(auroc(values[a], labels[a])), float(auroc(values[b], labels[b]))
+    sign = 1 if auc_a >= 0.5 else -1
+    if sign < 0:
+        auc_a, auc_b = 1 - auc_a, 1 - auc_b
+    return UnitScore(Unit(-1, "feature", 0), sign, auc_a, auc_b)
+
+
+def run_length(text: str) -> np.ndarray:
+    """Per character [len(text)]: how many non-whitespace characters end here (0 on a
+    space): the trivial "characters since the last whitespace" counter.
+
+    >>> run_length("ab  cde").tolist()
+    [1, 2, 0, 0, 1, 2, 3]
+    """
+    counts = np.zeros(len(text), dtype=np.int64)
+    n = 0
+    for i, ch in enumerate(text):
+        n = 0 if ch.isspace() else n + 1
+        counts[i] = n
+    return counts
+
+
+def long_runs(text: str, min_length: int = 8) -> np.ndarray:
+    """Boolean [len(text)]: characters inside whitespace-free runs of >= ``min_length``."""
+    import re
+
+    mask = np.zeros(len(text), dtype=bool)
+    for m in re.finditer(r"\S{%d,}" % min_length, text):
+        mask[m.start() : m.end()] = True
+    return mask
+
+
+@dataclass
+class Probe:
+    """A sparse logistic-regression reader of all units; ``weights`` over the standardised
+    units (zero for units it does not use)."""
+
+    units: list[Unit]
+    weights: np.ndarray
+    bias: float
+    mean: np.ndarray
+    std: np.ndarray
+    auroc_a: float
+    auroc_b: float
+
+    @property
+    def nonzero(self) -> int:
+        return int(np.count_nonzero(self.weights))
+
+    def top_units(self, n: int = 10) -> list[tuple[Unit, float]]:
+        order = np.argsort(-np.abs(self.weights))[:n]
+        return [(self.units[j], float(self.weights[j])) for j in order if self.weights[j] != 0]
+
+    def __str__(self) -> str:
+        return (f"L1 logistic probe: {self.nonzero} of {len(self.units)} units, "
+                f"AUROC A {self.auroc_a:.3f}  B {self.auroc_b:.3f}")
+
+
+def logistic_probe(
+    trace: Trace,
+    char_mask: np.ndarray,
+    *,
+    l1: float = 1e-3,
+    steps: int = 300,
+    kinds=None,
+    where=None,
+    split_at=None,
+    fraction: float = 0.5,
+) -> Probe:
+    """Fit ``sigmoid(w . standardise(units) + b)`` on part A by proximal gradient descent
+    (ISTA with Nesterov momentum) on mean log-loss + ``l1 * |w|_1``; report AUROC on A and B."""
+    import torch
+
+    labels, a, b = _parts(trace, char_mask, where, split_at, fraction)
+    matrix, units = trace.matrix(kinds)
+    mean, std = matrix[a].mean(axis=0), matrix[a].std(axis=0) + 1e-6
+    X = torch.from_numpy(((matrix - mean) / std).astype(np.float32))  # [T, N]
+    y = torch.from_numpy(labels.astype(np.float32))
+    Xa, ya = X[torch.from_numpy(a)], y[torch.from_numpy(a)]
+    n = Xa.shape[1]
+    w, bias = torch.zeros(n), torch.zeros(())
+    # Step 1/L: the log-loss gradient is Lipschitz with L <= ||X||_2^2 / (4 m) <= ||X||_F^2 / (4 m).
+    lr = float(4 * len(Xa) / (Xa.square().sum() + 1e-12))
+    lr = min(lr * 4, 10.0)  # the Frobenius bound is loose; x4 is still stable for standardised data
+    w_prev, b_prev = w.clone(), bias.clone()
+    for k in range(1, steps + 1):
+        mom = (k - 1) / (k + 2)
+        vw, vb = w + mom * (w - w_prev), bias + mom * (bias - b_prev)
+        p = torch.sigmoid(Xa @ vw + vb)
+        gw, gb = Xa.T @ (p - ya) / len(ya), (p - ya).mean()
+        w_prev, b_prev = w, bias
+        z = vw - lr * gw
+        w = torch.sign(z) * torch.clamp(z.abs() - lr * l1, min=0.0)  # soft threshold: L1 prox
+        bias = vb - lr * gb
+    scores = (X @ w + bias).numpy()
+    return Probe(units, w.numpy(), float(bias), mean, std,
+                 float(auroc(scores[a], labels[a])), float(auroc(scores[b], labels[b])))
