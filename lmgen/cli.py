@@ -102,29 +102,106 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import load_checkpoint
-    from .sampling import check_temperature, sample_ids, stream_text
+    from .sampling import generate, prime, stream_samples
+    from .train import resolve_device
 
-    check_temperature(args.temperature)
-    if args.max_new_tokens < 1:
-        raise ConfigError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    ckpt = load_checkpoint(args.checkpoint)
-    tokenizer = ckpt.tokenizer
-    unknown = tokenizer.unknown_symbols(args.prompt)
-    if unknown:
-        print(f"note: the vocabulary lacks {', '.join(map(repr, unknown))} in the prompt; they become <unk>",
-              file=sys.stderr)
+    config = _generation_config(args)  # bad flags fail before the checkpoint loads
+    ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    ctx = prime(ckpt.model, ckpt.tokenizer, args.prompt, unknown="error" if args.strict_prompt else "replace")
+    if ctx.unknown:
+        print(f"lmgen: warning: the vocabulary lacks {', '.join(map(repr, ctx.unknown))} (in the prompt); "
+              "they became <unk> (--strict-prompt refuses instead)", file=sys.stderr)
     generator = torch.Generator().manual_seed(args.seed)
-    for n in range(args.num_samples):
-        if args.num_samples > 1:
-            print(f"--- sample {n + 1} ---")
-        sys.stdout.write(args.prompt)
-        ids = sample_ids(ckpt.model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
-                         temperature=args.temperature, generator=generator)
-        for piece in stream_text(tokenizer, ids):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
+    n = config.num_return_sequences
+    out = sys.stdout
+    if config.strategy == "beam":
+        for rank, s in enumerate(generate(ckpt.model, ckpt.tokenizer, ctx, config)):
+            about = f"score {s.score:.4f}, normalised {s.normalized:.4f}, {len(s.ids)} tokens, " + (
+                "ended by [END]" if s.stop == "end" else "cut at --max-new-tokens")
+            if n > 1:
+                out.write(f"--- beam {rank + 1} of {n}: {about} ---\n")
+            else:
+                print(f"lmgen: beam: {about}", file=sys.stderr)
+            out.write(args.prompt + s.text + "\n")
+        return 0
+    shown = -1
+    for index, piece in stream_samples(ckpt.model, ckpt.tokenizer, ctx, config, generator=generator):
+        while shown < index:  # the next sample starts (samples with no text included)
+            shown += 1
+            out.write(("\n" if shown else "") + (f"--- sample {shown + 1} of {n} ---\n" if n > 1 else "")
+                      + args.prompt)
+        out.write(piece)
+        out.flush()
+    while shown < n - 1:
+        shown += 1
+        out.write(("\n" if shown else "") + (f"--- sample {shown + 1} of {n} ---\n" if n > 1 else "") + args.prompt)
+    out.write("\n")
     return 0
+
+
+def _generation_config(args: argparse.Namespace) -> Any:
+    from .sampling import config_from_flags
+
+    return config_from_flags(
+        greedy=args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, beam=args.beam,
+        length_penalty=args.length_penalty, repetition_penalty=args.repetition_penalty,
+        max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
+        num_samples=getattr(args, "num_samples", 1),
+    )
+
+
+def _add_generation_flags(p: argparse.ArgumentParser, samples: bool = True) -> None:
+    """Decoding flags shared by `lmgen sample` and `lmgen repl` (defaults written out in
+    the help: None means "not given", so conflicting flags can be refused)."""
+    g = p.add_argument_group("decoding: --greedy | sampling (--temperature --top-k --top-p) | --beam")
+    g.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    g.add_argument("--temperature", type=float, default=None, metavar="T",
+                   help="sampling: divide the logits by T > 0; lower is safer, higher is wilder (default 0.8)")
+    g.add_argument("--top-k", type=int, default=None, metavar="K",
+                   help="sampling: only among the K most likely tokens, K >= 1 (default: all)")
+    g.add_argument("--top-p", type=float, default=None, metavar="P",
+                   help="sampling: only among the fewest most likely tokens whose probability reaches P, "
+                        "in (0, 1] (default 1: all)")
+    g.add_argument("--beam", type=int, default=None, metavar="W",
+                   help="beam search of width W >= 1 (deterministic)"
+                        + ("; prints the --num-samples best with their log-probability" if samples else ""))
+    g.add_argument("--length-penalty", type=float, default=None, metavar="A",
+                   help="beam: rank hypotheses by log-probability / length**A (default 1.0; 0: raw sum)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
+                   help="penalise tokens already in the text (CTRL): logit/R if > 0, logit*R if < 0 "
+                        "(default 1.0: off; try 1.2)")
+    g.add_argument("--max-new-tokens", type=int, default=500 if samples else 300, metavar="N",
+                   help=f"stop after N new tokens (default {500 if samples else 300})")
+    g.add_argument("--min-new-tokens", type=int, default=0, metavar="N",
+                   help="[END] cannot be chosen before N new tokens (default 0)")
+    if samples:
+        g.add_argument("--num-samples", type=int, default=1, metavar="N",
+                       help="N samples, generated as one batch, each ending at its own [END]; with --beam, "
+                            "the N best hypotheses, N <= W (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same text (default 0)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: CUDA when present (default auto)")
+
+
+def add_sample_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "sample", help="generate text from a checkpoint", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Generate text after [END] + PROMPT until [END] (not printed) or --max-new-tokens, "
+                    "printing it as it comes.\n\n"
+                    "Prompt symbols the vocabulary lacks become <unk>; a warning names them "
+                    "(--strict-prompt refuses them instead).",
+        epilog="examples:\n"
+               "  lmgen sample checkpoints/run --prompt 'def ' --temperature 0.8 --top-p 0.95\n"
+               "  lmgen sample checkpoints/run --greedy --max-new-tokens 200\n"
+               "  lmgen sample checkpoints/run --beam 5 --num-samples 3 --length-penalty 1.0\n"
+               "  lmgen sample checkpoints/run --num-samples 3 --seed 1",
+    )
+    p.add_argument("checkpoint", help="checkpoint folder, or run folder (its best/, else last/)")
+    p.add_argument("--prompt", default="", help="text to continue (default: empty, a new document)")
+    p.add_argument("--strict-prompt", action="store_true",
+                   help="refuse a prompt with symbols the vocabulary lacks (default: they become <unk>)")
+    _add_generation_flags(p)
+    p.set_defaults(func=cmd_sample)
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
@@ -210,6 +287,35 @@ def add_plot_parser(sub: Any) -> None:
 
 
 # --- repl (issue 5: lmgen/repl.py) ------------------------------------------------------
+def cmd_repl(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .repl import run
+    from .train import resolve_device
+
+    config = _generation_config(args)
+    ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    m = ckpt.model.config
+    banner = (f"lmgen repl: {ckpt.folder} ({ckpt.tokenizer.kind} tokenizer, {ckpt.tokenizer.vocab_size} tokens; "
+              f"{m.cell} {m.layers}x{m.hidden})")
+    return run(ckpt.model, ckpt.tokenizer, config, seed=args.seed, banner=banner)
+
+
+def add_repl_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "repl", help="type prompts, watch continuations stream", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="An interactive loop with line editing and history ($LMGEN_CACHE/repl_history, else "
+                    "~/.lmgen_history). Type a prompt: its continuation streams. An empty line continues the "
+                    "text with its state. Commands: :temp :top-k :top-p :sample :greedy :beam :length-penalty "
+                    ":repetition-penalty :max :min :seed :show :reset :continue :help :quit. Ctrl-C stops a "
+                    "generation, Ctrl-D quits. Prompt symbols the vocabulary lacks become <unk> (with a note).\n\n"
+                    "The flags set the starting values.",
+        epilog="example:\n  lmgen repl checkpoints/run --temperature 0.7",
+    )
+    p.add_argument("checkpoint", help="checkpoint folder, or run folder (its best/, else last/)")
+    _add_generation_flags(p, samples=False)
+    p.set_defaults(func=cmd_repl)
+
+
 # --- viz (issue 6: lmgen/viz.py) --------------------------------------------------------
 def cmd_viz(args: argparse.Namespace) -> int:
     from .activations import regex_mask, trace
@@ -217,6 +323,8 @@ def cmd_viz(args: argparse.Namespace) -> int:
     from .probe import rank_units
     from .viz import show
 
+    if args.find is None and (args.layer is None or args.unit is None):
+        raise ConfigError("give --find REGEX, or both --layer L and --unit U")
     try:
         text = Path(args.text).read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
@@ -234,8 +342,6 @@ def cmd_viz(args: argparse.Namespace) -> int:
         unit, sign = best.unit, best.sign
         note = f"best unit for /{args.find}/: sign {'+' if sign > 0 else '-'}, AUROC first half {best.auroc_a:.3f}, second half {best.auroc_b:.3f}"
     else:
-        if args.layer is None or args.unit is None:
-            raise ConfigError("give --find REGEX, or both --layer L and --unit U")
         unit, sign, note = tr.check_unit(args.layer, args.kind, args.unit), 1, ""
     view = show(tr, unit.layer, unit.kind, unit.index, sign=sign, top_k=args.top_k, note=note)
     view.save(args.out)
@@ -289,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train", help="train a language model", formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="lmgen train [--corpus NAME|PATH] [--cell lstm|gru|rnn] [--steps N | --epochs N | --time 10m] "
+              "[--out DIR] [--resume] [options]",
         description="Train an RNN / GRU / LSTM language model with truncated BPTT.\n\n"
                     "Settings come from the defaults below, then --config FILE.toml (same names, with dashes "
                     "or underscores, optionally under [model] and [train]), then the command line.",
@@ -302,19 +410,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_flags(p.add_argument_group("training"), _TRAIN_FIELDS, TrainConfig())
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sample", help="generate text from a checkpoint", formatter_class=_Formatter,
-                       description="Sample text until [END] or --max-new-tokens, printing it as it comes.")
-    p.add_argument("checkpoint", help="checkpoint folder or run folder (its best/ is used)")
-    p.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
-    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (> 0)")
-    p.add_argument("--max-new-tokens", type=int, default=500, help="stop after this many tokens")
-    p.add_argument("--num-samples", type=int, default=1, help="how many samples")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same text)")
-    p.set_defaults(func=cmd_sample)
+    add_sample_parser(sub)
 
     add_eval_parser(sub)
     add_plot_parser(sub)
     add_viz_parser(sub)
+    add_repl_parser(sub)
     # add_eval_parser(sub); add_plot_parser(sub); add_repl_parser(sub); add_viz_parser(sub)
     return parser
 
@@ -347,6 +448,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nlmgen: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as exc:
+        # Out of memory (CPU allocator, CUDA OOM): a sizing problem the user can fix, not a bug.
+        if not isinstance(exc, MemoryError) and "alloc" not in str(exc) and "out of memory" not in str(exc):
+            raise
+        print("lmgen: error: out of memory: " + str(exc).splitlines()[0][:200]
+              + "; lower --batch, --bptt, --hidden, --embed or --layers", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # e.g. `lmgen sample ... | head`
         return 0
 

@@ -348,10 +348,13 @@ class EvalReport:
         """Human-readable lines: what was measured, the figures, and the comparison."""
         first = self.results[0]
         lines = [f"{self.checkpoint} on {self.source}", f"  {first.describe()}"]
-        if first.unknown:
-            shown = ", ".join(map(repr, self.unknown_symbols)) or "see the tokenizer"
+        if first.unknown and self.unknown_symbols:
+            shown = ", ".join(map(repr, self.unknown_symbols))
             lines.append(f"  note: {first.unknown:,} targets are <unk> (symbols the tokenizer lacks: {shown}); "
-                         "they are scored as <unk>, which flatters the figures")
+                         "each is scored as the one token <unk>, which flatters the figures")
+        elif first.unknown:
+            lines.append(f"  note: {first.unknown:,} targets are the text's own <unk> word (as in PTB), "
+                         "scored like any other token")
         width = max(len(r.label) for r in self.results)
         for r in self.results:
             lines.append(f"  {r.label:<{width}}  {r.summary()}  [{r.seconds:.1f} s]")

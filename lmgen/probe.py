@@ -41,7 +41,7 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
     if squeeze:
         x = x[:, None]
     T = x.shape[0]
-    order = np.argsort(x, axis=0, kind="stable")
+    order = np.argsort(x, axis=0)  # ties are averaged below, so no stable sort needed
     s = np.take_along_axis(x, order, axis=0)
     idx = np.broadcast_to(np.arange(T)[:, None], s.shape)
     new = np.ones(s.shape, dtype=bool)
@@ -63,9 +63,14 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray | float:
     if pos == 0 or neg == 0:
         raise ConfigError(f"AUROC needs positions both inside and outside the predicate; "
                           f"got {pos} inside and {neg} outside")
-    ranks = average_ranks(np.asarray(scores, dtype=np.float64))
-    u = ranks[labels].sum(axis=0) - pos * (pos + 1) / 2.0
-    return u / (pos * neg)
+    scores = np.asarray(scores)
+    if scores.ndim == 1:
+        return float(auroc(scores[:, None], labels)[0])
+    out = np.empty(scores.shape[1])
+    for j in range(0, scores.shape[1], 64):  # column blocks: memory T x 64, not T x N
+        ranks = average_ranks(scores[:, j : j + 64])
+        out[j : j + 64] = (ranks[labels].sum(axis=0) - pos * (pos + 1) / 2.0) / (pos * neg)
+    return out
 
 
 @dataclass
@@ -124,9 +129,15 @@ def rank_units(
     the "hard" AUROC). ``kinds``: only these activation kinds (default all).
     """
     labels, a, b = _parts(trace, char_mask, where, split_at, fraction)
-    matrix, units = trace.matrix(kinds)
-    auc_a = auroc(matrix[a], labels[a])
-    auc_b = auroc(matrix[b], labels[b])
+    kinds = tuple(kinds) if kinds is not None else trace.kinds
+    units, auc_a, auc_b = [], [], []
+    for layer, acts in enumerate(trace.layers):  # block by block: no [T, N] copy of everything
+        for kind in kinds:
+            values = trace.layers[layer][kind] if kind in acts else trace.matrix([kind])[0]
+            units += [Unit(layer, kind, j) for j in range(values.shape[1])]
+            auc_a.append(auroc(values[a], labels[a]))
+            auc_b.append(auroc(values[b], labels[b]))
+    auc_a, auc_b = np.concatenate(auc_a), np.concatenate(auc_b)
     signs = np.where(auc_a >= 0.5, 1, -1)
     auc_a = np.where(signs > 0, auc_a, 1 - auc_a)
     auc_b = np.where(signs > 0, auc_b, 1 - auc_b)

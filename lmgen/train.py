@@ -167,6 +167,27 @@ def _check_disk(out: Path, model: RNNLM) -> None:
         raise LmgenError(f"only {free / 1e6:.0f} MB free under {out}, checkpoints need about {need / 1e6:.0f} MB")
 
 
+def estimate_parameters(cfg: ModelConfig) -> int:
+    """Parameter count of the model ``cfg`` describes, built on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        return build_model(cfg).num_parameters()
+
+
+def _check_memory(cfg: ModelConfig) -> None:
+    # Weights, gradients and two AdamW moments: 16 bytes a parameter, before activations.
+    need = estimate_parameters(cfg) * 16
+    try:
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have:
+        raise ConfigError(
+            f"a {cfg.layers}x{cfg.hidden} {cfg.cell} with --embed {cfg.embed} and {cfg.vocab_size:,} tokens has "
+            f"{estimate_parameters(cfg):,} parameters, needing ~{need / 2**30:,.0f} GiB to train; this machine has "
+            f"{have / 2**30:,.0f} GiB: lower --hidden, --embed or --layers"
+        )
+
+
 def _rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -255,7 +276,9 @@ def train(
     # -- model and optimiser ------------------------------------------------------------
     torch.manual_seed(cfg.seed)
     if train_state is None:
-        model = build_model(dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)).to(device)
+        model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
+        _check_memory(model_cfg)
+        model = build_model(model_cfg).to(device)
     model.train()
     _check_disk(out, model)
     optimizer = make_optimizer(model, cfg)
