@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,7 +23,11 @@ _TRAIN_FIELDS = [f for f in dataclasses.fields(TrainConfig)]
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Shows each flag's default, unless its help text already says it in words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        return text if "(default" in text else super()._get_help_string(action)
 
 
 def _add_dataclass_flags(group: argparse._ArgumentGroup, fields: list, defaults: Any) -> None:
@@ -93,8 +98,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(cfg, model_cfg, overwrite=overwrite)
     val = f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""
     best = f" (best {result.best_val_loss:.4f})" if result.best_val_loss is not None else ""
-    print(f"trained {result.steps} steps, {result.tokens:,} tokens in {result.train_seconds:.1f} s{val}{best}; "
-          f"stopped by {result.stopped_by}; checkpoints in {result.out}", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun (issue 8), rank 0 speaks for the job
+        print(f"trained {result.steps} steps, {result.tokens:,} tokens in {result.train_seconds:.1f} s{val}{best}; "
+              f"stopped by {result.stopped_by}; checkpoints in {result.out}", file=sys.stderr)
     return 130 if result.stopped_by == "interrupted" else 0
 
 

@@ -228,6 +228,16 @@ def close(world: World) -> None:
             dist.destroy_process_group()
 
 
+def is_collective_error(exc: BaseException) -> bool:
+    """Whether ``exc`` came from the process group (a peer gone, a timeout), not from the model."""
+    dist_error = getattr(torch.distributed, "DistError", ())
+    if dist_error and isinstance(exc, dist_error):
+        return True
+    text = str(exc).lower()
+    return any(word in text for word in ("gloo", "nccl", "connection closed", "connection reset", "timed out",
+                                         "timeout", "broken pipe", "socket"))
+
+
 def lost_contact(world: World, exc: BaseException, out: str) -> LmgenError:
     """The error a rank raises when a collective operation failed: another rank died or hung."""
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

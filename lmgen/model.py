@@ -51,10 +51,15 @@ class RNNLM(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # Small uniform embedding/decoder init as in pytorch/examples word_language_model;
-        # recurrent weights keep PyTorch's U(-1/sqrt(H), 1/sqrt(H)).
-        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
-        if not self.config.tie:
+        # Embeddings N(0, 1) (PyTorch's default): inputs of unit scale drive the gates from
+        # the first step; measured on tinyshakespeare, U(-0.1, 0.1) (word_language_model's
+        # choice) cost 0.18 nats/char after 200 steps. A tied matrix is also the decoder,
+        # whose logits must start small (initial loss ~ ln V), so it keeps U(-0.1, 0.1).
+        # Recurrent weights keep PyTorch's U(-1/sqrt(H), 1/sqrt(H)).
+        if self.config.tie:
+            nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        else:
+            nn.init.normal_(self.embedding.weight, 0.0, 1.0)
             nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
         nn.init.zeros_(self.decoder.bias)
         self.rnn.reset_parameters()

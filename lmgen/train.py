@@ -6,6 +6,10 @@ on B streams, carrying the hidden state from window to window and cutting the gr
 between them. Every ``--eval-every`` steps: validation loss, ``last/`` checkpoint, and
 ``best/`` when it improved. Everything needed to continue bit-for-bit (optimiser,
 schedule, RNG, data position, carried state) goes into ``last/train_state.pt``.
+
+Under ``torchrun`` (see :mod:`lmgen.distributed`) the same loop runs on W ranks, each on
+its contiguous share of the B streams, the model wrapped in DistributedDataParallel;
+every place where ranks must agree (loss, stop, validation, saving) says so.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from . import corpora
+from . import corpora, distributed
 from .checkpoint import load_checkpoint, load_train_state, save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .data import StreamBatcher, encode_split, prepare_tokenizer
@@ -133,8 +137,11 @@ class _StopOnSignal:
             signal.signal(sig, handler)
 
 
-def _check_out_folder(out: Path, resume: bool, overwrite: bool) -> None:
-    """Fail before any work when the run folder is unusable or would be clobbered."""
+def _check_out_folder(out: Path, resume: bool, overwrite: bool, write: bool = True) -> None:
+    """Fail before any work when the run folder is unusable or would be clobbered.
+
+    ``write=False`` (ranks other than 0, which never write) checks without touching the folder.
+    """
     has_run = (out / "last").exists() or (out / ".last.old").exists() or (out / "best").exists()
     if resume and not has_run:
         raise ConfigError(f"--resume: {out} holds no run to continue (no {out / 'last'}); drop --resume to start one")
@@ -143,6 +150,8 @@ def _check_out_folder(out: Path, resume: bool, overwrite: bool) -> None:
             f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
             "or choose another --out"
         )
+    if not write:
+        return
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -201,6 +210,29 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _rank_rng_state(device: torch.device) -> dict[str, Any]:
+    """This rank's generators (CPU, and its own GPU): what its dropout masks come from."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rank_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _test_fault(world: distributed.World) -> tuple[str, int] | None:
+    """Test hook: ``LMGEN_TEST_FAULT=die:RANK:STEP`` or ``hang:RANK:STEP`` makes that rank fail there."""
+    spec = os.environ.get("LMGEN_TEST_FAULT", "")
+    if not spec:
+        return None
+    kind, rank, step = spec.split(":")
+    return (kind, int(step)) if int(rank) == world.rank else None
+
+
 def _append_metrics(out: Path, row: dict[str, Any]) -> None:
     with open(out / METRICS_FILE, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
@@ -242,60 +274,107 @@ def train(
 ) -> RunResult:
     """Train (or with ``cfg.resume`` continue) a model; returns what the run reached.
 
+    Started by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment), this process is one
+    rank of a data-parallel job: see :mod:`lmgen.distributed`.
+
     >>> from lmgen.config import TrainConfig, ModelConfig
     >>> train(TrainConfig(corpus="tinyshakespeare", steps=100), ModelConfig(hidden=128))  # doctest: +SKIP
     """
+    world = distributed.init(cfg.device)
+    try:
+        return _train(cfg, model_cfg, world, overwrite=overwrite, log=log)
+    except RuntimeError as exc:
+        if world.distributed and distributed.is_collective_error(exc):
+            raise distributed.lost_contact(world, exc, cfg.out) from exc
+        raise
+    finally:
+        distributed.close(world)
+
+
+def _train(
+    cfg: TrainConfig,
+    model_cfg: ModelConfig | None,
+    world: distributed.World,
+    *,
+    overwrite: bool,
+    log: Callable[[str], None],
+) -> RunResult:
     model_cfg = model_cfg or ModelConfig()
     out = Path(cfg.out)
-    _check_out_folder(out, cfg.resume, overwrite)
+    share = world.share(cfg.batch)  # this rank's streams [B/W]; all B with one process
+    if not world.is_main:
+        log = lambda msg: None  # noqa: E731 -- rank 0 speaks for the job
+    _check_out_folder(out, cfg.resume, overwrite, write=world.is_main)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = world.device if world.distributed else resolve_device(cfg.device)
 
     # -- data ------------------------------------------------------------------------
-    corpus = corpora.resolve(cfg.corpus, errors=cfg.encoding_errors)
-    train_state: dict[str, Any] | None = None
-    if cfg.resume:
-        last_folder = last_checkpoint_folder(out)
-        ckpt = load_checkpoint(last_folder, device)
-        train_state = load_train_state(last_folder)
-        tokenizer, model = ckpt.tokenizer, ckpt.model
-        if ckpt.config.get("corpus", {}).get("fingerprint") not in (None, corpus.fingerprint):
-            raise ConfigError(f"--resume: the corpus {cfg.corpus!r} differs from the one this run was trained on")
-    else:
-        tokenizer = prepare_tokenizer(
-            corpus, cfg.tokenizer, vocab_size=cfg.spm_vocab if cfg.tokenizer == "spm" else None,
-            model_type=cfg.spm_type if cfg.tokenizer == "spm" else None,
-            max_vocab=cfg.max_vocab if cfg.tokenizer == "word" else None,
-            min_count=cfg.min_count if cfg.tokenizer == "word" and cfg.min_count > 1 else None,
-        )
-    train_tokens = encode_split(corpus, tokenizer, "train")
-    valid_tokens = encode_split(corpus, tokenizer, "valid") if "valid" in corpus.splits else None
-    batcher = StreamBatcher(train_tokens.tokens, cfg.batch, cfg.bptt)
+    # One rank per machine fills the corpus and token caches; the others then read them.
+    with world.local_main_first():
+        corpus = corpora.resolve(cfg.corpus, errors=cfg.encoding_errors)
+        train_state: dict[str, Any] | None = None
+        if cfg.resume:
+            last_folder = last_checkpoint_folder(out)
+            ckpt = load_checkpoint(last_folder, device)
+            train_state = load_train_state(last_folder)
+            tokenizer, model = ckpt.tokenizer, ckpt.model
+            if ckpt.config.get("corpus", {}).get("fingerprint") not in (None, corpus.fingerprint):
+                raise ConfigError(f"--resume: the corpus {cfg.corpus!r} differs from the one this run was trained on")
+        else:
+            tokenizer = prepare_tokenizer(
+                corpus, cfg.tokenizer, vocab_size=cfg.spm_vocab if cfg.tokenizer == "spm" else None,
+                model_type=cfg.spm_type if cfg.tokenizer == "spm" else None,
+                max_vocab=cfg.max_vocab if cfg.tokenizer == "word" else None,
+                min_count=cfg.min_count if cfg.tokenizer == "word" and cfg.min_count > 1 else None,
+            )
+        train_tokens = encode_split(corpus, tokenizer, "train")
+        valid_tokens = encode_split(corpus, tokenizer, "valid") if "valid" in corpus.splits else None
+    batcher = StreamBatcher(train_tokens.tokens, cfg.batch, cfg.bptt)  # the global layout of B streams
 
     # -- model and optimiser ------------------------------------------------------------
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # every rank builds the same initial weights
     if train_state is None:
         model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
         _check_memory(model_cfg)
         model = build_model(model_cfg).to(device)
     model.train()
-    _check_disk(out, model)
+    if world.is_main:
+        _check_disk(out, model)
     optimizer = make_optimizer(model, cfg)
     schedule = Schedule(cfg)
-    step_model = torch.compile(model) if cfg.compile else model
+    step_model: torch.nn.Module = model
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # DDP averages gradients over ranks during backward (and broadcasts rank 0's weights now).
+        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if world.rank:
+            torch.manual_seed(cfg.seed + world.rank)  # distinct dropout masks on every rank
+    step_model = torch.compile(step_model) if cfg.compile else step_model
 
     step, epoch, window, tokens_seen, train_seconds = 0, 0, 0, 0, 0.0
     best_val, evals_since_best, hidden = math.inf, 0, None
     if train_state is not None:
         optimizer.load_state_dict(train_state["optimizer"])
         schedule.load_state_dict(train_state["schedule"])
-        _set_rng_state(train_state["rng"])
         step, epoch, window = train_state["step"], train_state["epoch"], train_state["window"]
         tokens_seen, train_seconds = train_state["tokens"], train_state["train_seconds"]
         best_val, evals_since_best = train_state["best_val"], train_state["evals_since_best"]
         hidden = state_from_tensors(train_state["hidden"], device)
-        _truncate_metrics(out, step)
+        if not world.distributed:
+            _set_rng_state(train_state["rng"])
+        else:
+            hidden = world.split_state(hidden, cfg.batch)  # global [L, B, H] -> this rank's [L, B/W, H]
+            ranks = train_state.get("rng_ranks") or []
+            if len(ranks) == world.size:
+                _set_rank_rng_state(ranks[world.rank], device)
+            elif world.is_main:
+                _set_rank_rng_state(train_state["rng"], device)
+            else:  # a different number of ranks: fresh (but seeded) dropout masks for the new ranks
+                torch.manual_seed(cfg.seed + world.rank + 1_000_003 * step)
+        if world.is_main:
+            _truncate_metrics(out, step)
 
     # -- budget --------------------------------------------------------------------------
     max_steps = cfg.steps or math.inf
@@ -319,14 +398,19 @@ def train(
         f"model {model.config.layers}x{model.config.hidden} {model.config.cell}, "
         f"{model.num_parameters():,} parameters | device {device} | "
         f"B={cfg.batch} T={cfg.bptt}, {batcher.num_windows:,} windows per epoch"
+        + (f" | {world.size} ranks x {cfg.batch // world.size} streams" if world.distributed else "")
         + (f" | resuming at step {step}" if train_state is not None else "")
     )
 
     def evaluate() -> float | None:
         if valid_tokens is None:
             return None
-        nll, count = stream_loss(model, valid_tokens.tokens, batch=max(cfg.batch, 16), bptt=cfg.bptt,
-                                 max_tokens=cfg.eval_tokens, amp=cfg.amp)
+        if world.distributed:  # each rank scores a share of the streams; every rank gets the sum
+            nll, count = distributed.shared_stream_loss(model, valid_tokens.tokens, world, batch=max(cfg.batch, 16),
+                                                        bptt=cfg.bptt, max_tokens=cfg.eval_tokens, amp=cfg.amp)
+        else:
+            nll, count = stream_loss(model, valid_tokens.tokens, batch=max(cfg.batch, 16), bptt=cfg.bptt,
+                                     max_tokens=cfg.eval_tokens, amp=cfg.amp)
         return nll / max(count, 1)
 
     def checkpoint(val_loss: float | None, train_loss: float) -> None:
@@ -345,6 +429,12 @@ def train(
             "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "rng": _rng_state(),
             "hidden": state_to_tensors(hidden),
         }
+        if world.distributed:
+            # Saved as one process would: the global [L, B, H] state, so any world size dividing B can resume.
+            state["hidden"] = state_to_tensors(world.gather_state(hidden))
+            state["rng_ranks"] = world.gather_objects(_rank_rng_state(device))
+            if not world.is_main:
+                return
         common = dict(train_config=asdict(cfg), metrics=metrics,
                       corpus={"name": corpus.name, "fingerprint": corpus.fingerprint, "source": str(cfg.corpus)})
         save_checkpoint(out / "last", model, tokenizer, train_state=state, **common)
@@ -354,11 +444,17 @@ def train(
     # -- the loop ------------------------------------------------------------------------
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=None if max_steps == math.inf else max_steps, initial=step, disable=not cfg.progress,
-               unit="step", dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=None if max_steps == math.inf else max_steps, initial=step,
+               disable=not cfg.progress or not world.is_main, unit="step", dynamic_ncols=True, file=sys.stderr)
     running, running_n, nonfinite, last_log_time, last_log_tokens = 0.0, 0, 0, time.perf_counter(), tokens_seen
     train_loss, val_loss, stopped_by = math.nan, None, "steps"
+    fault = _test_fault(world)
+    stop_all = False  # under DDP: some rank was asked to stop (all ranks agree, once per step)
     with _StopOnSignal() as stop:
+
+        def stopping() -> bool:
+            return stop_all if world.distributed else stop.signum is not None
+
         while True:
             if step >= max_steps:
                 stopped_by = "epochs" if cfg.epochs and max_steps < (cfg.steps or math.inf) else "steps"
@@ -366,26 +462,43 @@ def train(
             if train_seconds >= max_seconds:
                 stopped_by = "time"
                 break
+            if fault is not None and step == fault[1]:
+                if fault[0] == "die":
+                    os._exit(17)
+                # "hang": the other ranks must give up on us after $LMGEN_DIST_TIMEOUT. A rank stuck
+                # in C++ ignores torchrun's SIGTERM and is killed 30 s later; a test need not wait that.
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                time.sleep(3600)
             if window >= batcher.num_windows:  # a new epoch: every stream starts again from zero state
                 epoch, window, hidden = epoch + 1, 0, None
             t0 = time.perf_counter()
             x, y = batcher.window(window)
+            if world.distributed:
+                x, y = x[share], y[share]  # this rank's streams [B/W, t]
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             lr = cfg.lr * schedule.scale(step, progress())
             for group in optimizer.param_groups:
                 group["lr"] = lr
             if hidden is None:
-                hidden = model.init_state(cfg.batch, device)
+                hidden = model.init_state(cfg.batch // world.size, device)
             with autocast_for(device, cfg.amp):
                 logits, new_hidden = step_model(x, hidden)  # logits [B, T, V]
             loss = F.cross_entropy(logits.float().view(-1, V), y.reshape(-1))
             window += 1
-            if not torch.isfinite(loss):
+            if world.distributed:
+                # Every rank must run backward (it is where DDP exchanges gradients), then all
+                # agree on the mean loss (to skip a non-finite step together) and on stopping.
+                loss.backward()
+                loss_sum, asked = world.sum([loss.item(), float(stop.signum is not None)])
+                loss_value, stop_all = loss_sum / world.size, asked > 0
+            else:
+                loss_value = loss.item()
+            if not math.isfinite(loss_value):
                 # Skip the update; a NaN state would poison every later window, so restart it.
                 nonfinite += 1
                 optimizer.zero_grad(set_to_none=True)
                 hidden = None
-                log(f"step {step}: non-finite loss ({loss.item()}), update skipped ({nonfinite} in a row)")
+                log(f"step {step}: non-finite loss ({loss_value}), update skipped ({nonfinite} in a row)")
                 if nonfinite >= cfg.max_nonfinite:
                     raise LmgenError(
                         f"{nonfinite} non-finite losses in a row at step {step}: training diverged; "
@@ -393,17 +506,20 @@ def train(
                     )
                 continue
             nonfinite = 0
-            loss.backward()
+            if not world.distributed:
+                loss.backward()
             if cfg.clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             hidden = detach_state(new_hidden)  # truncated BPTT: keep the values, cut the graph
             step += 1
-            tokens_seen += y.numel()
-            running += loss.item()
+            tokens_seen += y.numel() * world.size
+            running += loss_value
             running_n += 1
             train_seconds += time.perf_counter() - t0
+            if world.distributed and max_seconds != math.inf:
+                train_seconds = world.broadcast([train_seconds])[0]  # rank 0's clock decides --time for all
             bar.update(1)
 
             if step % cfg.log_every == 0 or step % cfg.eval_every == 0:
@@ -411,27 +527,30 @@ def train(
                 train_loss = running / running_n
                 tok_s = (tokens_seen - last_log_tokens) / max(now - last_log_time, 1e-9)
                 running, running_n, last_log_time, last_log_tokens = 0.0, 0, now, tokens_seen
-                _append_metrics(out, {"kind": "train", "step": step, "epoch": epoch, "tokens": tokens_seen,
-                                      "train_seconds": round(train_seconds, 3), "lr": lr,
-                                      "train_loss": train_loss, "tok_per_s": round(tok_s, 1)})
+                if world.is_main:
+                    _append_metrics(out, {"kind": "train", "step": step, "epoch": epoch, "tokens": tokens_seen,
+                                          "train_seconds": round(train_seconds, 3), "lr": lr,
+                                          "train_loss": train_loss, "tok_per_s": round(tok_s, 1)})
                 bar.set_postfix_str(f"loss {train_loss:.3f} ppl {perplexity(train_loss, 1):.1f} "
                                     f"{tok_s:,.0f} tok/s" + (f" val {val_loss:.3f}" if val_loss else ""))
 
             at_budget = step >= max_steps or train_seconds >= max_seconds
-            if step % cfg.eval_every == 0 or at_budget or stop.signum is not None:
+            if step % cfg.eval_every == 0 or at_budget or stopping():
                 if running_n:
                     train_loss = running / running_n
                 val_loss = evaluate()
                 if val_loss is not None:
                     schedule.observe(val_loss)
-                    _append_metrics(out, {"kind": "eval", "step": step, "epoch": epoch, "tokens": tokens_seen,
-                                          "train_seconds": round(train_seconds, 3), "val_loss": val_loss,
-                                          "val_ppl": perplexity(val_loss, 1), "lr": lr})
+                    if world.is_main:
+                        _append_metrics(out, {"kind": "eval", "step": step, "epoch": epoch, "tokens": tokens_seen,
+                                              "train_seconds": round(train_seconds, 3), "val_loss": val_loss,
+                                              "val_ppl": perplexity(val_loss, 1), "lr": lr})
                     message = (f"step {step}: val loss {val_loss:.4f} (ppl {perplexity(val_loss, 1):.2f}, "
                                f"{val_loss / math.log(2):.3f} bits/token)")
-                    bar.write(message, file=sys.stderr) if cfg.progress else log(message)
+                    if world.is_main:
+                        bar.write(message, file=sys.stderr) if cfg.progress else log(message)
                 checkpoint(val_loss, train_loss)
-                if stop.signum is not None:
+                if stopping():
                     stopped_by = "interrupted"
                     break
                 if cfg.patience and evals_since_best >= cfg.patience:
