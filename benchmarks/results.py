@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from lmgen import corpora  # noqa: E402
 from lmgen.config import ModelConfig, TrainConfig, from_dict  # noqa: E402
-from lmgen.data import encode_split, prepare_tokenizer  # noqa: E402
+from lmgen.data import encode_split  # noqa: E402
 from lmgen.evaluate import evaluate_split, model_label  # noqa: E402
 from lmgen.ngram import NgramLM  # noqa: E402
 

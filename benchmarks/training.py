@@ -19,7 +19,6 @@ reaches 1.886 after 105 s of training, at ~14,700 tokens/s.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import tempfile

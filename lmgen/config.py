@@ -80,7 +80,7 @@ class TrainConfig:
     min_count: int = _help("word tokenizer: drop words seen fewer times", default=1)
     encoding_errors: str = _help("non-UTF-8 bytes in the corpus: strict (error) or replace", default="strict")
 
-    batch: int = _help("B: number of parallel streams per step", default=64)
+    batch: int = _help("B: number of parallel streams per step", default=32)
     bptt: int = _help("T: tokens per window of truncated back-propagation", default=64)
     steps: int = _help("stop after this many optimiser steps (0 = no step limit)", default=0)
     epochs: float = _help("stop after this many passes over the training split (0 = no limit)", default=0.0)

@@ -37,7 +37,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .errors import ConfigError, LmgenError
 
@@ -265,28 +264,9 @@ def shared_stream_loss(
     count are added over ranks, so every rank gets the same figures (up to the order
     of floating-point additions).
     """
-    from .data import StreamBatcher
-    from .evaluate import autocast_for
+    from .evaluate import stream_loss
 
-    if max_tokens:
-        tokens = tokens[: max_tokens + batch]
-    batch = max(1, min(batch, len(tokens) // 2))
-    # Uneven shares are fine here: only sums are exchanged.
-    lo, hi = world.rank * batch // world.size, (world.rank + 1) * batch // world.size
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total, count, state = 0.0, 0, None
-    try:
-        if hi > lo:
-            with torch.no_grad():
-                for x, y in StreamBatcher(tokens, batch, bptt):
-                    x, y = x[lo:hi].to(device), y[lo:hi].to(device)  # [B/W, t]
-                    with autocast_for(device, amp):
-                        logits, state = model(x, state)
-                    total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
-                    count += y.numel()
-    finally:
-        model.train(was_training)
+    total, count = stream_loss(model, tokens, batch=batch, bptt=bptt, max_tokens=max_tokens, amp=amp,
+                               share=(world.rank, world.size))
     total, count_f = world.sum([total, float(count)])
     return total, int(count_f)

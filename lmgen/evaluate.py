@@ -59,27 +59,32 @@ def stream_loss(
     bptt: int = 256,
     max_tokens: int = 0,
     amp: bool = True,
+    share: tuple[int, int] = (0, 1),
 ) -> tuple[float, int]:
     """Summed negative log-likelihood (nats) and number of target tokens.
 
     The split is cut into ``batch`` contiguous streams (as in training), each started
     from the zero state and carried to its end. ``max_tokens`` > 0 evaluates a prefix
-    only (a quick estimate during training).
+    only (a quick estimate during training). ``share=(r, W)`` scores only the r-th of W
+    blocks of streams (each DDP rank its own; the callers add the sums).
     """
     if max_tokens:
         tokens = tokens[: max_tokens + batch]
     batch = max(1, min(batch, len(tokens) // 2))
+    rank, size = share
+    lo, hi = rank * batch // size, (rank + 1) * batch // size  # uneven shares are fine: only sums are kept
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     total, count, state = 0.0, 0, None
     try:
-        for x, y in StreamBatcher(tokens, batch, bptt):
-            x, y = x.to(device), y.to(device)
-            with autocast_for(device, amp):
-                logits, state = model(x, state)
-            total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
-            count += y.numel()
+        if hi > lo:
+            for x, y in StreamBatcher(tokens, batch, bptt):
+                x, y = x[lo:hi].to(device), y[lo:hi].to(device)  # [B/W, t]
+                with autocast_for(device, amp):
+                    logits, state = model(x, state)
+                total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
+                count += y.numel()
     finally:
         model.train(was_training)
     return total, count

@@ -291,7 +291,7 @@ def gradient_norms(model, tokens, *, layer: int | None = None) -> np.ndarray:
     import torch.nn.functional as F
 
     tokens = torch.as_tensor(tokens, dtype=torch.long)
-    B, T = tokens.shape[0], tokens.shape[1] - 1
+    T = tokens.shape[1] - 1  # tokens [B, T + 1]
     if T < 1:
         raise ConfigError("gradient_norms needs at least 2 tokens per row")
     L = model.config.layers

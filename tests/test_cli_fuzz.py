@@ -1,6 +1,5 @@
 """Property-based: random flag values and random bytes never end in a traceback."""
 
-import math
 
 import pytest
 from hypothesis import HealthCheck, given, settings
