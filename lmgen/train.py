@@ -177,9 +177,19 @@ def _check_disk(out: Path, model: RNNLM) -> None:
 
 
 def estimate_parameters(cfg: ModelConfig) -> int:
-    """Parameter count of the model ``cfg`` describes, built on the meta device (nothing allocated)."""
-    with torch.device("meta"):
-        return build_model(cfg).num_parameters()
+    """Parameter count of the model ``cfg`` describes, without building it.
+
+    Closed form for the recurrent cells (a meta-device build of ``--layers 10000000``
+    would itself take minutes); other models are built on the meta device (nothing allocated).
+    """
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}.get(cfg.cell)
+    if gates is None:
+        with torch.device("meta"):
+            return build_model(cfg).num_parameters()
+    V, E, H, L = cfg.vocab_size, cfg.embed, cfg.hidden, cfg.layers
+    # Layer 0 reads E inputs, the others H; each gate has W_ih, W_hh, b_ih, b_hh.
+    recurrent = gates * H * (E + H + 2) + (L - 1) * gates * H * (2 * H + 2)
+    return V * E + recurrent + (0 if cfg.tie else H * V) + V
 
 
 def _check_memory(cfg: ModelConfig) -> None:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from lmgen.config import ModelConfig
 from lmgen.errors import ConfigError
-from lmgen.model import RNNLM, detach_state, select_state
+from lmgen.model import RNNLM, build_model, detach_state, select_state
 
 CELLS = ["lstm", "gru", "rnn"]
 
@@ -105,3 +105,12 @@ def test_select_state_picks_batch_rows():
     picked = select_state(state, torch.tensor([2, 0]))
     torch.testing.assert_close(picked[0][:, 0], state[0][:, 2])
     torch.testing.assert_close(picked[1][:, 1], state[1][:, 0])
+
+
+@pytest.mark.parametrize("cell", CELLS + ["window"])
+@pytest.mark.parametrize("tie", [False, True])
+def test_parameter_estimate_equals_the_built_model(cell, tie):
+    from lmgen.train import estimate_parameters
+
+    cfg = ModelConfig(cell=cell, vocab_size=37, embed=16 if tie else 12, hidden=16, layers=3, tie=tie)
+    assert estimate_parameters(cfg) == build_model(cfg).num_parameters()
