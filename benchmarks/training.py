@@ -56,11 +56,11 @@ def time_steps(step, n: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def throughput(V=67, E=64, H=512, L=1, B=32, T=64, dropout=0.0, steps=20, rounds=3) -> None:
+def throughput(V=67, E=64, H=512, L=1, B=32, T=64, dropout=0.0, steps=20, rounds=3, optimizer="adamw") -> None:
     torch.manual_seed(0)
     x = torch.randint(0, V, (B, T + 1))
     ours = RNNLM(ModelConfig(vocab_size=V, embed=E, hidden=H, layers=L, dropout=dropout))
-    opt = make_optimizer(ours, TrainConfig())
+    opt = make_optimizer(ours, TrainConfig(optimizer=optimizer, lr=1.0 if optimizer == "sgd" else 1e-3))
     state = {"h": None}
 
     def lmgen_step():
@@ -93,7 +93,7 @@ def throughput(V=67, E=64, H=512, L=1, B=32, T=64, dropout=0.0, steps=20, rounds
         ref_t.append(time_steps(example_step, steps))
     a, b = min(ours_t), min(ref_t)
     print(f"{L}x{H} LSTM, E={E}, B={B}, T={T}, V={V}, threads={torch.get_num_threads()}: "
-          f"lmgen {B * T / a:,.0f} tok/s | word_language_model-style loop {B * T / b:,.0f} tok/s "
+          f"lmgen ({optimizer}) {B * T / a:,.0f} tok/s | word_language_model-style loop {B * T / b:,.0f} tok/s "
           f"| ratio {b / a:.2f}", flush=True)
 
 
@@ -126,9 +126,11 @@ def main() -> None:
     if args.throughput:
         defaults = ModelConfig()
         cfg = TrainConfig()
-        throughput(E=defaults.embed, H=defaults.hidden, L=defaults.layers, B=cfg.batch, T=cfg.bptt)
-        throughput(E=200, H=200, L=2, B=20, T=35, V=10000)  # the example's own defaults (PTB sizes)
-        throughput(E=650, H=650, L=2, B=20, T=35, V=10000, steps=5, rounds=2)
+        for optimizer in ("adamw", "sgd"):  # lmgen's default, and the example's own optimiser
+            throughput(E=defaults.embed, H=defaults.hidden, L=defaults.layers, B=cfg.batch, T=cfg.bptt,
+                       optimizer=optimizer)
+            throughput(E=200, H=200, L=2, B=20, T=35, V=10000, optimizer=optimizer)  # the example's defaults
+            throughput(E=650, H=650, L=2, B=20, T=35, V=10000, steps=5, rounds=2, optimizer=optimizer)
     if args.budgets:
         budgets(args.budgets, args.corpus, ModelConfig(), {})
 
