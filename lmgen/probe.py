@@ -40,19 +40,22 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
     squeeze = x.ndim == 1
     if squeeze:
         x = x[:, None]
-    T = x.shape[0]
-    order = np.argsort(x, axis=0)  # ties are averaged below, so no stable sort needed
-    s = np.take_along_axis(x, order, axis=0)
-    idx = np.broadcast_to(np.arange(T)[:, None], s.shape)
+    # Work on rows of x.T: sorting contiguous rows is several times faster than sorting
+    # the strided columns of a [T, N] array.
+    xt = np.ascontiguousarray(x.T)  # [N, T]
+    N, T = xt.shape
+    order = np.argsort(xt, axis=1)
+    s = np.take_along_axis(xt, order, axis=1)
+    idx = np.broadcast_to(np.arange(T), s.shape)
     new = np.ones(s.shape, dtype=bool)
-    new[1:] = s[1:] != s[:-1]  # first position of each run of equal values
+    new[:, 1:] = s[:, 1:] != s[:, :-1]  # first position of each run of equal values
     last = np.ones(s.shape, dtype=bool)
-    last[:-1] = new[1:]  # last position of each run
-    first_pos = np.maximum.accumulate(np.where(new, idx, 0), axis=0)
-    last_pos = np.minimum.accumulate(np.where(last, idx, T - 1)[::-1], axis=0)[::-1]
+    last[:, :-1] = new[:, 1:]  # last position of each run
+    first_pos = np.maximum.accumulate(np.where(new, idx, 0), axis=1)
+    last_pos = np.minimum.accumulate(np.where(last, idx, T - 1)[:, ::-1], axis=1)[:, ::-1]
     ranks = np.empty(s.shape, dtype=np.float64)
-    np.put_along_axis(ranks, order, (first_pos + last_pos) / 2.0 + 1.0, axis=0)
-    return ranks[:, 0] if squeeze else ranks
+    np.put_along_axis(ranks, order, (first_pos + last_pos) / 2.0 + 1.0, axis=1)
+    return ranks[0] if squeeze else ranks.T
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray | float:
