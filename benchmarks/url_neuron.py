@@ -99,8 +99,8 @@ def evaluate(model: RNNLM, tok, text: str, split_at: int, *, probe: bool) -> dic
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=2000, help="optimiser steps (fixed: not wall time)")
-    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--steps", type=int, default=3000, help="optimiser steps (fixed: not wall time)")
+    p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--bptt", type=int, default=128)
