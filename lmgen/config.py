@@ -152,10 +152,6 @@ def parse_duration(text: str, name: str = "time") -> float:
     return float(match.group(1)) * _UNITS[match.group(2) or ""]
 
 
-def fields_of(cls: type) -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(cls) if f.name != "vocab_size"]
-
-
 def from_dict(cls: type, values: dict[str, Any]) -> Any:
     """Build a config from a dict, naming unknown keys (e.g. typos in a TOML file)."""
     known = {f.name for f in dataclasses.fields(cls)}
