@@ -18,7 +18,7 @@ from .errors import ConfigError
 CELLS = ("lstm", "gru", "rnn", "window")
 TOKENIZERS = ("char", "word", "spm")
 OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "plateau", "constant")
+SCHEDULES = ("cosine", "plateau", "step", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -54,6 +54,8 @@ class ModelConfig:
     dropout: float = _help("dropout on embeddings, between layers and before the decoder", default=0.0)
     tie: bool = _help("tie decoder and embedding weights (needs --embed == --hidden)", default=False)
     window: int = _help("--cell window: how many previous tokens the model sees", default=5)
+    init_range: float = _help("if > 0, draw every weight from U(-r, r) (Zaremba et al. 2014) instead of "
+                              "lmgen's default initialisation", default=0.0)
 
     def __post_init__(self) -> None:
         _check_choice("cell", self.cell, CELLS)
@@ -62,6 +64,7 @@ class ModelConfig:
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 1, name, "a whole number >= 1", value)
         _check(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)", self.dropout)
+        _check(self.init_range >= 0, "init_range", ">= 0", self.init_range)
         if self.tie and self.embed != self.hidden:
             raise ConfigError(
                 f"--tie needs --embed equal to --hidden, got --embed {self.embed} --hidden {self.hidden}"
@@ -91,9 +94,12 @@ class TrainConfig:
     weight_decay: float = _help("decoupled weight decay (AdamW) / L2 (SGD)", default=0.0)
     momentum: float = _help("SGD momentum", default=0.0)
     clip: float = _help("clip the gradient norm to this value (0 = off)", default=1.0)
-    schedule: str = _help("learning-rate schedule: cosine (after warm-up), plateau or constant", default="cosine")
+    schedule: str = _help("learning-rate schedule: cosine (after warm-up), plateau, step (per epoch) or constant",
+                          default="cosine")
     warmup: int = _help("warm-up steps (linear from 0 to --lr)", default=30)
     min_lr: float = _help("cosine floor, as a fraction of --lr", default=0.1)
+    decay_after: int = _help("step: epochs at the full rate before the per-epoch decay starts", default=4)
+    decay_factor: float = _help("step: multiply the LR by this at the start of every later epoch", default=0.5)
     plateau_factor: float = _help("plateau: multiply the LR by this when validation stops improving", default=0.25)
     plateau_patience: int = _help("plateau: evaluations without improvement before decaying", default=1)
     patience: int = _help("early stopping: evaluations without improvement before stopping (0 = off)", default=0)
@@ -130,6 +136,8 @@ class TrainConfig:
         _check(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
         _check(self.clip >= 0, "clip", ">= 0", self.clip)
         _check(0 <= self.min_lr <= 1, "min_lr", "in [0, 1]", self.min_lr)
+        _check(self.decay_after >= 0, "decay_after", ">= 0", self.decay_after)
+        _check(0 < self.decay_factor <= 1, "decay_factor", "in (0, 1]", self.decay_factor)
         _check(0 < self.plateau_factor < 1, "plateau_factor", "in (0, 1)", self.plateau_factor)
         _check(self.plateau_patience >= 0, "plateau_patience", ">= 0", self.plateau_patience)
         self.time_seconds()  # validates the spelling

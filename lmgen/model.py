@@ -51,6 +51,10 @@ class RNNLM(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        if self.config.init_range > 0:  # one uniform range for everything, biases included
+            for param in self.parameters():
+                nn.init.uniform_(param, -self.config.init_range, self.config.init_range)
+            return
         # Embeddings N(0, 1) (PyTorch's default): inputs of unit scale drive the gates from
         # the first step; measured on tinyshakespeare, U(-0.1, 0.1) (word_language_model's
         # choice) cost 0.18 nats/char after 200 steps. A tied matrix is also the decoder,
@@ -122,6 +126,9 @@ class WindowLM(nn.Module):
         if not config.tie:
             nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
         nn.init.zeros_(self.decoder.bias)
+        if config.init_range > 0:
+            for param in self.parameters():
+                nn.init.uniform_(param, -config.init_range, config.init_range)
 
     def init_state(self, batch: int, device: torch.device | str | None = None) -> Tensor:
         """W-1 ``[END]`` ids per stream, [W-1, B]: the context every document stream starts with."""

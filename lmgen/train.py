@@ -63,10 +63,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Schedule:
-    """Learning-rate multiplier: linear warm-up, then cosine to ``min_lr``, or decay on plateau.
+    """Learning-rate multiplier: linear warm-up, then cosine to ``min_lr``, decay on plateau,
+    or a per-epoch step decay.
 
     Cosine follows training progress in [0, 1]: steps done / step budget, or training
-    time / time budget, whichever is further along.
+    time / time budget, whichever is further along. Step is the schedule of Zaremba et al.
+    (2014): the full rate for ``decay_after`` epochs, then ``decay_factor`` once per epoch.
     """
 
     def __init__(self, cfg: TrainConfig):
@@ -75,7 +77,7 @@ class Schedule:
         self.plateau_best = math.inf
         self.plateau_bad = 0
 
-    def scale(self, step: int, progress: float) -> float:
+    def scale(self, step: int, progress: float, epoch: int = 0) -> float:
         cfg = self.cfg
         warm = min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else 1.0
         if cfg.schedule == "cosine":
@@ -83,6 +85,8 @@ class Schedule:
             return warm * (cfg.min_lr + (1 - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * p)))
         if cfg.schedule == "plateau":
             return warm * self.plateau_scale
+        if cfg.schedule == "step":  # epoch is 0-based: epoch == decay_after is the first decayed one
+            return warm * cfg.decay_factor ** max(0, epoch + 1 - cfg.decay_after)
         return warm
 
     def observe(self, val_loss: float) -> None:
@@ -488,7 +492,7 @@ def _train(
             if world.distributed:
                 x, y = x[share], y[share]  # this rank's streams [B/W, t]
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            lr = cfg.lr * schedule.scale(step, progress())
+            lr = cfg.lr * schedule.scale(step, progress(), epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             if hidden is None:

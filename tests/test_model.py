@@ -114,3 +114,14 @@ def test_parameter_estimate_equals_the_built_model(cell, tie):
 
     cfg = ModelConfig(cell=cell, vocab_size=37, embed=16 if tie else 12, hidden=16, layers=3, tie=tie)
     assert estimate_parameters(cfg) == build_model(cfg).num_parameters()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "window"])
+def test_init_range_draws_every_weight_uniformly(cell):
+    config = ModelConfig(cell=cell, vocab_size=50, embed=32, hidden=32, layers=2, init_range=0.1)
+    model = build_model(config)
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert flat.abs().max() <= 0.1
+    # U(-0.1, 0.1) has standard deviation 0.1 / sqrt(3); the default init is far wider.
+    assert flat.std().item() == pytest.approx(0.1 / 3 ** 0.5, rel=0.05)
+    assert flat.abs().max() > 0.099  # biases too, not left at zero or one

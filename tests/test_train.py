@@ -120,6 +120,15 @@ def test_warmup_cosine_and_plateau_schedules():
     assert restored.scale(5, 0.0) == p.scale(5, 0.0)
 
 
+def test_step_schedule_is_zarembas_per_epoch_halving():
+    # Zaremba et al.'s small recipe: lr 1 for 4 epochs, then halved at the start of each
+    # later one (their code: 0.5 ** max(i + 1 - 4, 0) for 0-based epoch i).
+    s = Schedule(TrainConfig(warmup=0, schedule="step", decay_after=4, decay_factor=0.5))
+    got = [s.scale(1000, 0.5, epoch) for epoch in range(13)]
+    assert got == [0.5 ** max(i + 1 - 4, 0) for i in range(13)]
+    assert got[:4] == [1.0] * 4 and got[4] == 0.5 and got[12] == 0.5 ** 9
+
+
 @pytest.mark.parametrize("cell", ["gru", "rnn"])
 def test_other_cells_train_and_reload(tiny_corpus, tmp_path, cell):
     model_cfg = ModelConfig(cell=cell, embed=16, hidden=16, layers=1, tie=True)
