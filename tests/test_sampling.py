@@ -23,6 +23,7 @@ from lmgen.sampling import (
     choose_tokens,
     config_from_flags,
     generate,
+    half_supported,
     prime,
     sample_generators,
     stream,
@@ -132,6 +133,96 @@ def test_step_by_step_equals_the_model_on_the_whole_sequence(cell, layers, tie, 
     joined = rec.join(layers_state)
     for a, b in zip(joined if isinstance(joined, tuple) else (joined,), final if isinstance(final, tuple) else (final,)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def half_rounded(model):
+    """A copy of ``model`` whose weight matrices are rounded to float16 (biases, embedding kept):
+    the numbers the float16 recurrence multiplies by."""
+    import copy
+
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, param in rounded.named_parameters():
+            if name.startswith(("rnn.weight", "decoder.weight")):
+                param.copy_(param.half().float())
+    return rounded
+
+
+needs_half = pytest.mark.skipif(not half_supported(), reason="this torch build lacks the fbgemm float16 kernels")
+
+
+@needs_half
+@pytest.mark.parametrize("cell, layers, table", [("lstm", 3, True), ("lstm", 2, False), ("gru", 2, True),
+                                                 ("gru", 2, False), ("rnn", 2, True), ("rnn", 1, False)])
+def test_float16_step_equals_the_model_with_rounded_weights(cell, layers, table, monkeypatch):
+    if not table:
+        monkeypatch.setattr(Recurrence, "TABLE_LIMIT", 0)
+    model = tiny_model(12, cell, layers)
+    tokens = torch.randint(0, 12, (4, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        whole, final = half_rounded(model)(tokens)  # the oracle: nn.LSTM / nn.GRU / nn.RNN itself
+        exact, _ = model(tokens)
+    rec = Recurrence(model, "float16")
+    assert rec.precision == "float16"
+    state = rec.split(model.init_state(4))
+    steps = []
+    with torch.no_grad():
+        for t in range(tokens.shape[1]):
+            logits, state = rec.step(tokens[:, t], state)
+            steps.append(logits)
+    steps = torch.stack(steps, 1)
+    torch.testing.assert_close(steps, whole, atol=2e-5, rtol=2e-5)
+    assert not torch.allclose(steps, exact, atol=1e-6)  # it really ran on rounded weights
+    joined = rec.join(state)
+    for a, b in zip(joined if isinstance(joined, tuple) else (joined,), final if isinstance(final, tuple) else (final,)):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
+
+
+@needs_half
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_float16_greedy_equals_a_naive_loop_over_the_rounded_model(tok, cell):
+    model = tiny_model(tok.vocab_size, cell)
+    [sample] = generate(model, tok, "the c", GenerationConfig(do_sample=False, max_new_tokens=25, precision="float16"))
+    # prompt priming runs the model itself (float32); every later step the rounded weights
+    ids = [tok.end_id] + tok.encode("the c")
+    rounded, out = half_rounded(model), []
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]))[0][0, -1]
+        _, state = model(torch.tensor([ids]))
+        for _ in range(25):
+            t = int(logits.argmax())
+            if t == tok.end_id:
+                break
+            out.append(t)
+            step_logits, state = rounded(torch.tensor([[t]]), state)
+            logits = step_logits[0, -1]
+    assert sample.ids == out
+
+
+@needs_half
+def test_float16_weights_are_repacked_when_the_model_changes(tok):
+    model = tiny_model(tok.vocab_size)
+    config = GenerationConfig(do_sample=False, max_new_tokens=15, precision="float16")
+    first = generate(model, tok, "the", config)[0].ids
+    assert Recurrence(model, "float16").layers is Recurrence(model, "float16").layers  # cached
+    with torch.no_grad():
+        model.decoder.bias.zero_()
+        model.decoder.bias[tok.encode("z")[0]] = 100.0  # now every step says "z"
+    assert generate(model, tok, "the", config)[0].ids == tok.encode("z" * 15) != first
+
+
+def test_precision_auto_and_errors(tok):
+    model = tiny_model(tok.vocab_size)
+    assert Recurrence(model, "auto").precision == ("float16" if half_supported() else "float32")
+    assert Recurrence(model).precision == "float32"
+    with pytest.raises(ConfigError, match="--precision must be one of"):
+        GenerationConfig(precision="int8")
+    from lmgen.model import WindowLM
+
+    window = WindowLM(ModelConfig(cell="window", vocab_size=tok.vocab_size, embed=4, hidden=8, window=3))
+    assert Recurrence(window, "auto").precision == "float32"  # the generic path: auto falls back
+    with pytest.raises(ConfigError, match="float16 needs an LSTM/GRU/RNN model on the CPU"):
+        Recurrence(window, "float16")
 
 
 # -- greedy and its equivalents -------------------------------------------------------------
@@ -448,7 +539,9 @@ def test_cli_sample_streams_reproducibly(tiny_checkpoint):
     first = run_cli("sample", str(tiny_checkpoint), "--prompt", "The ", "--num-samples", "3", "--seed", "4",
                   "--top-p", "0.95", "--max-new-tokens", "40")
     model, tok = load(tiny_checkpoint)
-    expected = generate(model, tok, "The ", config_from_flags(top_p=0.95, num_samples=3, max_new_tokens=40),
+    # the CLI's default --precision auto: float16 step weights on this CPU
+    expected = generate(model, tok, "The ", config_from_flags(top_p=0.95, num_samples=3, max_new_tokens=40,
+                                                              precision="auto"),
                         generator=torch.Generator().manual_seed(4))
     assert first.stdout == "".join(f"{'' if i == 0 else chr(10)}--- sample {i + 1} of 3 ---\nThe {s.text}"
                                    for i, s in enumerate(expected)) + "\n"
