@@ -4,6 +4,7 @@
     python benchmarks/results.py --quick              # a sanity run: tiny budget, shrunken models
     python benchmarks/results.py --only ptb-zaremba-small --device cuda
     python benchmarks/results.py --jsonl results.jsonl   # also append every figure as JSON
+    python benchmarks/results.py --only enwiki-char --time 12m   # a CPU-sized budget
 
 Each line: corpus, tokenizer (vocabulary), model, parameters, training time, device, the
 figure the field reports on that corpus (test perplexity, validation loss or bits per
@@ -87,6 +88,8 @@ def run(name: str, args: argparse.Namespace) -> list[dict]:
     device = resolve_device(args.device)
     overrides = dict(out=str(Path(args.out) / name), progress=False, device=str(device.type),
                      threads=args.threads)
+    if args.time:  # a CPU-sized budget for a GPU-sized recipe; the cosine schedule follows it
+        overrides.update(time=args.time, steps=0, epochs=0.0)
     if args.quick:
         overrides.update(steps=args.quick_steps, epochs=0.0, time="", eval_every=args.quick_steps,
                          eval_tokens=5000, warmup=min(cfg.warmup, args.quick_steps // 10),
@@ -106,6 +109,8 @@ def run(name: str, args: argparse.Namespace) -> list[dict]:
     batch = 16 if args.quick else 1  # the table's figures are exact-mode ones
     res = evaluate_split(model, tok, corpus, split, batch=batch, max_tokens=max_tokens, label=model_label(model))
     tag = " (quick)" if args.quick else ""
+    if result.stopped_by == "interrupted":  # Ctrl-C / SIGTERM: the figure is not the recipe's
+        tag += f" (INTERRUPTED at step {result.steps})"
     where = f"{split}{f' first {max_tokens:,} tok' if max_tokens else ''}"
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
     rows = [dict(config=name, corpus=corpus.name, tokenizer=f"{tok.kind} ({tok.vocab_size:,})",
@@ -131,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="sanity run: tiny budget, shrunken models")
     parser.add_argument("--quick-steps", type=int, default=100, help="training steps per run with --quick")
     parser.add_argument("--quick-tokens", type=int, default=20000, help="tokens scored per run with --quick")
+    parser.add_argument("--time", default="", help="train every run for this long instead of its own budget "
+                        "(e.g. 12m): the recipe's model and optimiser on a smaller budget")
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="run only these configs")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")

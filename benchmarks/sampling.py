@@ -1,7 +1,8 @@
 """Generation speed of a 2x512 char-LSTM on CPU (random weights, vocabulary 100).
 
 Prints tokens/s for one greedy stream, one top-p stream, 64 samples in one batch and
-beam search of width 5, and the ratios against the aims of issue 5:
+beam search of width 5, with float32 and float16 step weights (--precision), the ratios
+against the aims of issue 5, and the machine's matrix-product ceiling for batches:
 
     single stream >= 3,000 tok/s;  64 batched >= 30x single;  beam-5 step <= 2.5x greedy step
 
@@ -20,7 +21,7 @@ import torch
 
 from lmgen.config import ModelConfig
 from lmgen.model import RNNLM
-from lmgen.sampling import GenerationConfig, beam_search, generate, prime
+from lmgen.sampling import GenerationConfig, beam_search, generate, half_supported
 from lmgen.tokenizer import build_tokenizer
 
 
@@ -40,6 +41,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", nargs="+", choices=["float32", "float16"],
+                        help="step weights to time (default: both where float16 is supported)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -47,31 +50,46 @@ def main() -> None:
     tok = build_tokenizer("char", ["".join(chr(32 + i) for i in range(98))])  # 98 + [END], <unk> = 100
     model = RNNLM(ModelConfig(vocab_size=tok.vocab_size, embed=64, hidden=512, layers=2)).to(args.device).eval()
     N = args.tokens
-    # min_new_tokens = N bars [END], so every run makes exactly N tokens per stream
-    greedy = GenerationConfig(do_sample=False, max_new_tokens=N, min_new_tokens=N)
-    top_p = GenerationConfig(temperature=0.8, top_p=0.95, max_new_tokens=N, min_new_tokens=N)
-    batch = top_p.replace(num_return_sequences=64)
-    beam = GenerationConfig(num_beams=5, do_sample=False, max_new_tokens=N, min_new_tokens=N)
+    print(f"2x512 LSTM, embed 64, V={tok.vocab_size}, {N} tokens per stream, device {args.device}, "
+          f"{torch.get_num_threads()} thread(s), best of {args.repeats}")
+    precisions = args.precision or (["float32", "float16"] if half_supported() and args.device == "cpu"
+                                    else ["float32"])
+    print(f"{'precision':<10}{'case':<26}{'tok/s':>10}{'ms/step':>10}   aim")
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    ctx_time = timed(lambda: prime(model, tok, "hello"), args.repeats)
-    t_greedy = timed(lambda: generate(model, tok, "", greedy), args.repeats)
-    t_top_p = timed(lambda: generate(model, tok, "", top_p, generator=g()), args.repeats)
-    t_batch = timed(lambda: generate(model, tok, "", batch, generator=g()), args.repeats)
-    t_beam = timed(lambda: beam_search(model, tok, "", beam), args.repeats)
-    single, nucleus = N / t_greedy, N / t_top_p
-    batched = 64 * N / t_batch
-    beam_ratio = t_beam / t_greedy
-    print(f"2x{512} LSTM, embed 64, V={tok.vocab_size}, {N} tokens per stream, device {args.device}, "
-          f"{torch.get_num_threads()} thread(s), best of {args.repeats}; priming 6 tokens: {ctx_time * 1e3:.1f} ms")
-    print(f"{'case':<28}{'tok/s':>10}{'ms/step':>10}   aim")
-    print(f"{'greedy, 1 stream':<28}{single:>10,.0f}{t_greedy / N * 1e3:>10.3f}   >= 3,000 tok/s: "
-          f"{'met' if single >= 3000 else 'NOT met'} ({single / 3000:.2f}x)")
-    print(f"{'top-p 0.95, 1 stream':<28}{nucleus:>10,.0f}{t_top_p / N * 1e3:>10.3f}   >= 3,000 tok/s: "
-          f"{'met' if nucleus >= 3000 else 'NOT met'} ({nucleus / 3000:.2f}x)")
-    print(f"{'top-p 0.95, 64 batched':<28}{batched:>10,.0f}{t_batch / N * 1e3:>10.3f}   >= 30x single: "
-          f"{batched / nucleus:.1f}x ({'met' if batched >= 30 * nucleus else 'NOT met'})")
-    print(f"{'beam width 5':<28}{N / t_beam:>10,.0f}{t_beam / N * 1e3:>10.3f}   step <= 2.5x greedy: "
-          f"{beam_ratio:.2f}x ({'met' if beam_ratio <= 2.5 else 'NOT met'})")
+    for precision in precisions:
+        # min_new_tokens = N bars [END], so every run makes exactly N tokens per stream
+        greedy = GenerationConfig(do_sample=False, max_new_tokens=N, min_new_tokens=N, precision=precision)
+        top_p = GenerationConfig(temperature=0.8, top_p=0.95, max_new_tokens=N, min_new_tokens=N, precision=precision)
+        batch = top_p.replace(num_return_sequences=64)
+        beam = GenerationConfig(num_beams=5, do_sample=False, max_new_tokens=N, min_new_tokens=N, precision=precision)
+        t_greedy = timed(lambda: generate(model, tok, "", greedy), args.repeats)
+        t_top_p = timed(lambda: generate(model, tok, "", top_p, generator=g()), args.repeats)
+        t_batch = timed(lambda: generate(model, tok, "", batch, generator=g()), args.repeats)
+        t_beam = timed(lambda: beam_search(model, tok, "", beam), args.repeats)
+        single, nucleus = N / t_greedy, N / t_top_p
+        batched = 64 * N / t_batch
+        beam_ratio = t_beam / t_greedy
+        rows = [
+            ("greedy, 1 stream", single, t_greedy, f">= 3,000 tok/s: {'met' if single >= 3000 else 'NOT met'} "
+                                                   f"({single / 3000:.2f}x)"),
+            ("top-p 0.95, 1 stream", nucleus, t_top_p, f">= 3,000 tok/s: {'met' if nucleus >= 3000 else 'NOT met'} "
+                                                       f"({nucleus / 3000:.2f}x)"),
+            ("top-p 0.95, 64 batched", batched, t_batch, f">= 30x single: {batched / nucleus:.1f}x "
+                                                         f"({'met' if batched >= 30 * nucleus else 'NOT met'})"),
+            ("beam width 5", N / t_beam, t_beam, f"step <= 2.5x greedy: {beam_ratio:.2f}x "
+                                                 f"({'met' if beam_ratio <= 2.5 else 'NOT met'})"),
+        ]
+        for case, rate, seconds, aim in rows:
+            print(f"{precision:<10}{case:<26}{rate:>10,.0f}{seconds / N * 1e3:>10.3f}   {aim}", flush=True)
+    if args.device == "cpu":
+        # The ceiling on batched throughput: a step of B streams is ~2 x params x B flops
+        # of matrix products, so tokens/s <= peak flops / (2 x params per token).
+        a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+        flops = 2 * 1024**3 / timed(lambda: a @ b, 10)
+        per_token = 2 * sum(p.numel() for n, p in model.named_parameters() if n.startswith(("rnn.weight", "decoder.w")))
+        print(f"ceiling: float32 matrix product peak {flops / 1e9:.0f} GFLOP/s here, {per_token / 1e6:.1f} MFLOP per "
+              f"token -> at most {flops / per_token:,.0f} tok/s for any batch; 30x a 3,000 tok/s stream would need "
+              f"{30 * 3000 * per_token / 1e9:.0f} GFLOP/s")
 
 
 if __name__ == "__main__":
