@@ -436,9 +436,11 @@ class Recurrence:
             else:
                 pre = inp(x).add_(rec(h)) if both is None else both(torch.cat([x, h], 1))
                 if self.cell == "lstm":
-                    i, f, g, o = pre.chunk(4, 1)  # [B, H] each
-                    c = torch.addcmul(f.sigmoid_() * s[1], i.sigmoid_(), g.tanh_())
-                    h = o.sigmoid_() * c.tanh()
+                    H = h.shape[1]
+                    g = pre[:, 2 * H : 3 * H].tanh()  # before the in-place sigmoid of all four
+                    i, f, _, o = pre.sigmoid_().chunk(4, 1)  # [B, H] each
+                    c = torch.addcmul(f * s[1], i, g)
+                    h = o * c.tanh()
                     new.append((h, c))
                 else:
                     h = pre.tanh_()
