@@ -174,6 +174,37 @@ def _check_out_folder(out: Path, resume: bool, overwrite: bool, write: bool = Tr
                 target.unlink()
 
 
+def _lock_run_folder(out: Path) -> Any:
+    """Hold an exclusive lock on the run folder while this process trains into it.
+
+    Two runs writing one folder would interleave metrics and overwrite each other's
+    checkpoints. The lock (``flock`` on ``out/.lock``) dies with the process, so a crashed
+    or killed run never leaves the folder locked. None where ``fcntl`` is missing (Windows).
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = open(out / ".lock", "a+", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write to the run folder {out}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise ConfigError(f"{out} is in use by another `lmgen train` (pid {holder}); wait for it to finish, "
+                          "stop it, or choose another --out") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 def _check_disk(out: Path, model: RNNLM) -> None:
     # last/ and best/ each hold weights + optimiser moments (~3x the weights), plus a swap copy.
     need = model.num_parameters() * 4 * 3 * 3
@@ -297,13 +328,19 @@ def train(
     >>> train(TrainConfig(corpus="tinyshakespeare", steps=100), ModelConfig(hidden=128))  # doctest: +SKIP
     """
     world = distributed.init(cfg.device)
+    lock = None
     try:
+        if world.is_main:  # rank 0 alone writes; refuse a bad --out before creating anything
+            _check_out_folder(Path(cfg.out), cfg.resume, overwrite, write=False)
+            lock = _lock_run_folder(Path(cfg.out))
         return _train(cfg, model_cfg, world, overwrite=overwrite, log=log)
     except RuntimeError as exc:
         if world.distributed and distributed.is_collective_error(exc):
             raise distributed.lost_contact(world, exc, cfg.out) from exc
         raise
     finally:
+        if lock is not None:
+            lock.close()
         distributed.close(world)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -103,6 +104,31 @@ def test_refuses_to_overwrite_a_run_and_resume_needs_one(tiny_checkpoint, tiny_c
         train(cfg(tiny_corpus, tiny_checkpoint), SMALL, log=lambda m: None)
     with pytest.raises(ConfigError, match="holds no run to continue"):
         train(cfg(tiny_corpus, tmp_path / "none", resume=True), SMALL, log=lambda m: None)
+
+
+def test_a_run_folder_in_use_is_refused_until_its_process_dies(tiny_corpus, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "busy"
+    # a real `lmgen train` holding the folder: a long budget, killed below
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    child = subprocess.Popen([sys.executable, "-m", "lmgen", "train", "--corpus", str(tiny_corpus), "--hidden", "8",
+                              "--embed", "4", "--batch", "2", "--bptt", "8", "--steps", "1000000", "--no-progress",
+                              "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "metrics.jsonl").exists():  # it holds the lock from before its first step
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        with pytest.raises(ConfigError, match=rf"in use by another `lmgen train` \(pid {child.pid}\)"):
+            train(cfg(tiny_corpus, out, steps=2), SMALL, overwrite=True, log=lambda m: None)
+        assert (out / "metrics.jsonl").exists()  # the refused --overwrite deleted nothing
+    finally:
+        child.kill()
+        child.wait()
+    train(cfg(tiny_corpus, out, steps=2), SMALL, overwrite=True, log=lambda m: None)  # the kill freed it
 
 
 def test_warmup_cosine_and_plateau_schedules():
