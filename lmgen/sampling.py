@@ -323,9 +323,12 @@ class Recurrence:
         [x, h] by [W_ih | W_hh] in one call (``both``, both biases inside); a GRU keeps
         them apart (b_hh sits inside r * (...)).
         """
-        key = tuple((id(p), p._version) for p in params)
+        try:
+            key: tuple | None = tuple((id(p), p._version) for p in params)
+        except RuntimeError:  # inference tensors keep no version counter: never trust a cache
+            key = None
         cached = _PACKED.get(self.model)
-        if cached is not None and cached[0] == key:
+        if key is not None and cached is not None and cached[0] == key:
             self.layers, self.out = cached[1]
             return
         gru = self.cell == "gru"

@@ -211,6 +211,15 @@ def test_float16_weights_are_repacked_when_the_model_changes(tok):
     assert generate(model, tok, "the", config)[0].ids == tok.encode("z" * 15) != first
 
 
+@needs_half
+def test_float16_works_for_a_model_built_in_inference_mode(tok):
+    with torch.inference_mode():  # its parameters are inference tensors: no version counter
+        model = tiny_model(tok.vocab_size)
+    config = GenerationConfig(do_sample=False, max_new_tokens=10)
+    assert generate(model, tok, "the", config.replace(precision="float16"))[0].ids == \
+        generate(half_rounded(model), tok, "the", config)[0].ids
+
+
 def test_precision_auto_and_errors(tok):
     model = tiny_model(tok.vocab_size)
     assert Recurrence(model, "auto").precision == ("float16" if half_supported() else "float32")
