@@ -229,19 +229,31 @@ _LINEAR_FP16 = torch.ops.quantized.linear_dynamic_fp16.default if half_supported
 
 
 class _PackedLinear:
-    """``x @ weight.T + bias`` with the weight stored as packed float16 (fbgemm).
+    """``x @ weight.T + bias`` with the weight rounded to float16, arithmetic in float32.
 
-    Half the bytes of float32 for the same product, computed in float32 arithmetic: at
-    batch 1 a recurrent step is bound by reading the weights from memory, so this is what
-    makes one stream ~3x faster (benchmarks/sampling.py). The result equals float32
-    arithmetic on the float16-rounded weight (to ~1e-6, tested).
+    A large weight is stored packed in float16 (fbgemm): half the bytes of float32 for the
+    same product, and at batch 1 a recurrent step is bound by reading the weights from
+    memory, so this is what makes one stream ~3x faster (benchmarks/sampling.py). A small
+    one (below ``PACK_MIN`` floats, e.g. a char model's decoder) fits in cache, where
+    fbgemm's kernel is slower than a plain float32 product (55 vs 9 us for 100 x 512,
+    measured here): it stays a float32 tensor holding the float16-rounded values. Either
+    way the result equals float32 arithmetic on the rounded weight (to ~1e-6, tested).
     """
 
+    PACK_MIN = 1 << 18  # floats (1 MB in float32)
+
     def __init__(self, weight: Tensor, bias: Tensor | None):
-        self.packed = torch.ops.quantized.linear_prepack_fp16(weight.detach().float().contiguous(),
-                                                              None if bias is None else bias.detach().float())
+        weight = weight.detach().float().contiguous()
+        bias = None if bias is None else bias.detach().float()
+        self.packed = None
+        if weight.numel() >= self.PACK_MIN:
+            self.packed = torch.ops.quantized.linear_prepack_fp16(weight, bias)
+        else:
+            self.weight, self.bias = weight.half().float(), bias
 
     def __call__(self, x: Tensor) -> Tensor:
+        if self.packed is None:
+            return F.linear(x, self.weight, self.bias)
         return _LINEAR_FP16(x, self.packed)
 
 

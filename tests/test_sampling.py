@@ -16,6 +16,7 @@ from lmgen.config import ModelConfig
 from lmgen.errors import ConfigError
 from lmgen.model import RNNLM
 from lmgen.sampling import (
+    _PackedLinear,
     GenerationConfig,
     Recurrence,
     TextDecoder,
@@ -152,18 +153,20 @@ needs_half = pytest.mark.skipif(not half_supported(), reason="this torch build l
 
 
 @needs_half
+@pytest.mark.parametrize("packed", [True, False])  # fbgemm's packed float16, or small float32 products
 @pytest.mark.parametrize("cell, layers, table", [("lstm", 3, True), ("lstm", 2, False), ("gru", 2, True),
                                                  ("gru", 2, False), ("rnn", 2, True), ("rnn", 1, False)])
-def test_float16_step_equals_the_model_with_rounded_weights(cell, layers, table, monkeypatch):
+def test_float16_step_equals_the_model_with_rounded_weights(cell, layers, table, packed, monkeypatch):
     if not table:
         monkeypatch.setattr(Recurrence, "TABLE_LIMIT", 0)
+    monkeypatch.setattr(_PackedLinear, "PACK_MIN", 0 if packed else 1 << 30)
     model = tiny_model(12, cell, layers)
     tokens = torch.randint(0, 12, (4, 9), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         whole, final = half_rounded(model)(tokens)  # the oracle: nn.LSTM / nn.GRU / nn.RNN itself
         exact, _ = model(tokens)
     rec = Recurrence(model, "float16")
-    assert rec.precision == "float16"
+    assert rec.precision == "float16" and (rec.out.packed is not None) == packed
     state = rec.split(model.init_state(4))
     steps = []
     with torch.no_grad():
