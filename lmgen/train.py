@@ -495,7 +495,7 @@ def _train(
             save_checkpoint(out / "best", model, tokenizer, **common)
 
     # -- the loop ------------------------------------------------------------------------
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the text bar: tqdm.auto warns in notebooks without ipywidgets
 
     bar = tqdm(total=None if max_steps == math.inf else max_steps, initial=step,
                disable=not cfg.progress or not world.is_main, unit="step", dynamic_ncols=True, file=sys.stderr)
