@@ -45,10 +45,13 @@ BENCHMARKS = {
     "ptb-medium": ("test", "ppl", "Zaremba 2014 medium 82.7 / large 78.4"),
     "wikitext2-word": ("test", "ppl", "AWD-LSTM 65.8 (68.6 valid)"),
     "wikitext2-spm": ("test", "bpc", "-"),
+    "wikitext2-spm-cpu": ("test", "bpc", "-"),
     "enwiki-char": ("test", "bpc", "- (enwik8: Graves 2013 LSTM 1.67 bits/byte)"),
+    "enwiki-char-cpu": ("test", "bpc", "- (enwik8: Graves 2013 LSTM 1.67 bits/byte)"),
 }
 NGRAM_ROWS = {"ptb-zaremba-small": "Mikolov 2011 KN5 141.2", "wikitext2-word": "-"}
-GPU_ONLY = {"ptb-medium", "wikitext2-word"}  # skipped on CPU unless named with --only
+# skipped on CPU unless named with --only; the *-cpu configs are CPU-sized versions
+GPU_ONLY = {"ptb-medium", "wikitext2-word", "wikitext2-spm", "enwiki-char"}
 
 
 def read_config(path: Path) -> tuple[TrainConfig, ModelConfig]:

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +92,20 @@ def test_not_a_checkpoint_is_a_clear_error(tmp_path):
     proc = lmgen("sample", tmp_path, check=False)
     assert proc.returncode == 1
     assert "is not an lmgen checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_shipped_config_is_valid(path):
+    # A typo in a recipe (an unknown key, a bad value) fails here, not an hour into a benchmark.
+    import tomllib
+
+    from lmgen.config import ModelConfig, TrainConfig, from_dict
+
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    assert set(data) <= {"model", "train"}, f"{path.name}: unexpected tables {set(data) - {'model', 'train'}}"
+    fix = lambda table: {k.replace("-", "_"): v for k, v in table.items()}  # noqa: E731
+    train_cfg = from_dict(TrainConfig, fix(data.get("train", {})))
+    model_cfg = from_dict(ModelConfig, fix(data.get("model", {})))
+    assert train_cfg.steps or train_cfg.epochs or train_cfg.time, f"{path.name} sets no budget"
+    assert model_cfg.hidden >= 1
