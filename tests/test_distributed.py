@@ -130,7 +130,9 @@ def test_two_ranks_take_the_steps_of_one_process(runs):
     for a, b in zip(r1, r2):
         key = "val_loss" if a["kind"] == "eval" else "train_loss"
         assert abs(a[key] - b[key]) < 1e-5
-    assert sorted(p.name for p in two.iterdir()) == ["best", "last", "metrics.jsonl"]
+    # rank 0's run-folder lock, checkpoints and metrics; nothing from rank 1
+    assert sorted(p.name for p in two.iterdir()) == [".lock", "best", "last", "metrics.jsonl"]
+    assert (two / ".lock").read_text().strip().isdigit()
     assert runs["stderr"].count("trained 8 steps") == 1  # one summary, from rank 0
 
 
