@@ -149,6 +149,12 @@ class UnitView:
     def _repr_html_(self) -> str:
         return self.to_html()
 
+    def __repr__(self) -> str:
+        # short on purpose: the default dataclass repr printed the whole trace (~450 KB),
+        # which Jupyter stores beside the HTML in every saved notebook
+        return (f"<lmgen UnitView {self.unit}, characters {self.start:,}-{self.stop:,} of {len(self.trace.text):,}: "
+                f"coloured HTML in Jupyter; .save(path) writes a page>")
+
     def save(self, path: str | Path) -> Path:
         """Write a standalone HTML page (UTF-8); returns the path."""
         path = Path(path)

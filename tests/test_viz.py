@@ -115,6 +115,7 @@ def test_html_escapes_text_and_shows_predictions(small, tmp_path):
     assert "&lt;" in page and "&quot;" in page
     assert page == view.save(tmp_path / "v.html").read_text(encoding="utf-8")
     assert view._repr_html_() in page
+    assert repr(view).startswith("<lmgen UnitView L1.c[3]") and len(repr(view)) < 200  # not the whole trace
     # every token is shown, each with its top-3 guesses as rows, and text round-trips
     shown = re.findall(r'<span class="ch" style="[^"]*">(.*?)</span>', page)
     assert html.unescape("".join(shown)).replace("\u21b5", "\n") == text
