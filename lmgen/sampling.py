@@ -353,8 +353,10 @@ class Recurrence:
                         table = F.linear(self.embedding, w_ih.half().float(), b_in)  # [V, G]
                         inp: Any = functools.partial(F.embedding, weight=table)
                     else:
-                        project = _PackedLinear(w_ih, b_in)
-                        inp = lambda tokens, project=project: project(F.embedding(tokens, self.embedding))  # noqa: E731
+                        # bound by default arguments, not through self: the cache value must
+                        # not reference the model it is keyed by, or the model is never freed
+                        inp = lambda tokens, project=_PackedLinear(w_ih, b_in), emb=self.embedding: \
+                            project(F.embedding(tokens, emb))  # noqa: E731
                     layers.append((inp, _PackedLinear(w_hh, b_hh if gru else None), None))
                 elif gru:
                     layers.append((_PackedLinear(w_ih, b_in), _PackedLinear(w_hh, b_hh), None))

@@ -215,6 +215,22 @@ def test_float16_weights_are_repacked_when_the_model_changes(tok):
 
 
 @needs_half
+@pytest.mark.parametrize("table", [True, False])
+def test_float16_cache_lets_the_model_go(tok, table, monkeypatch):
+    import gc
+    import weakref
+
+    if not table:
+        monkeypatch.setattr(Recurrence, "TABLE_LIMIT", 0)
+    model = tiny_model(tok.vocab_size)
+    generate(model, tok, "the", GenerationConfig(do_sample=False, max_new_tokens=3, precision="float16"))
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None  # the packed-weights cache holds no reference to its key
+
+
+@needs_half
 def test_float16_works_for_a_model_built_in_inference_mode(tok):
     with torch.inference_mode():  # its parameters are inference tensors: no version counter
         model = tiny_model(tok.vocab_size)
