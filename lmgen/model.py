@@ -51,9 +51,8 @@ class RNNLM(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        if self.config.init_range > 0:  # one uniform range for everything, biases included
-            for param in self.parameters():
-                nn.init.uniform_(param, -self.config.init_range, self.config.init_range)
+        if self.config.init_range > 0:
+            uniform_init(self, self.config.init_range)
             return
         # Embeddings N(0, 1) (PyTorch's default): inputs of unit scale drive the gates from
         # the first step; measured on tinyshakespeare, U(-0.1, 0.1) (word_language_model's
@@ -127,8 +126,7 @@ class WindowLM(nn.Module):
             nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
         nn.init.zeros_(self.decoder.bias)
         if config.init_range > 0:
-            for param in self.parameters():
-                nn.init.uniform_(param, -config.init_range, config.init_range)
+            uniform_init(self, config.init_range)
 
     def init_state(self, batch: int, device: torch.device | str | None = None) -> Tensor:
         """W-1 ``[END]`` ids per stream, [W-1, B]: the context every document stream starts with."""
@@ -150,6 +148,12 @@ class WindowLM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def uniform_init(module: nn.Module, r: float) -> None:
+    """Every parameter, biases included, from U(-r, r): ``--init-range`` (Zaremba et al. 2014)."""
+    for param in module.parameters():
+        nn.init.uniform_(param, -r, r)
 
 
 def build_model(config: ModelConfig) -> nn.Module:
