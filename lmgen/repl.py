@@ -10,7 +10,9 @@ line being typed) and returns to the prompt; Ctrl-D on an empty line quits.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -57,6 +59,12 @@ def run(model: Any, tokenizer: Any, config: GenerationConfig | None = None, *, s
     out = out or sys.stdout
     session = Session(model, tokenizer, config, seed=seed)
     readline = _setup_readline()
+    # Ctrl-C must reach us as KeyboardInterrupt even when we were started with SIGINT
+    # ignored (a background job of a script, some launchers): Python keeps an inherited
+    # "ignore" and would then never stop a generation.
+    previous_sigint = None
+    if threading.current_thread() is threading.main_thread():
+        previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
     if banner:
         print(banner, file=out)
     print("Type a prompt; an empty line continues the text; :help for commands; Ctrl-C stops, Ctrl-D quits.",
@@ -84,6 +92,8 @@ def run(model: Any, tokenizer: Any, config: GenerationConfig | None = None, *, s
                     print(f"error: {exc}\n{REPL_HELP}", file=out)
     finally:
         _save_history(readline)
+        if previous_sigint is not None:
+            signal.signal(signal.SIGINT, previous_sigint)
     return 0
 
 

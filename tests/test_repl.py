@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 
@@ -17,8 +18,11 @@ PROMPT = "lmgen> "
 def repl(tiny_checkpoint, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", LMGEN_CACHE=str(tmp_path),
                HOME=str(tmp_path), TERM="dumb")
+    # started with SIGINT ignored, as a background job of a script would be (and as some
+    # test runners' workers are): the REPL must still turn Ctrl-C into a stop
     child = pexpect.spawn(sys.executable, ["-m", "lmgen", "repl", str(tiny_checkpoint), "--seed", "1"],
-                          env=env, encoding="utf-8", timeout=60, dimensions=(40, 200))
+                          env=env, encoding="utf-8", timeout=60, dimensions=(40, 200),
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     child.expect_exact(PROMPT)
     yield child
     if child.isalive():
