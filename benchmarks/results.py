@@ -25,14 +25,13 @@ import json
 import os
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lmgen import corpora  # noqa: E402
-from lmgen.config import ModelConfig, TrainConfig, from_dict  # noqa: E402
+from lmgen.cli import read_config  # noqa: E402
 from lmgen.data import encode_split  # noqa: E402
 from lmgen.evaluate import evaluate_split, model_label  # noqa: E402
 from lmgen.ngram import NgramLM  # noqa: E402
@@ -52,14 +51,6 @@ BENCHMARKS = {
 NGRAM_ROWS = {"ptb-zaremba-small": "Mikolov 2011 KN5 141.2", "wikitext2-word": "-"}
 # skipped on CPU unless named with --only; the *-cpu configs are CPU-sized versions
 GPU_ONLY = {"ptb-medium", "wikitext2-word", "wikitext2-spm", "enwiki-char"}
-
-
-def read_config(path: Path) -> tuple[TrainConfig, ModelConfig]:
-    """A configs/*.toml file as (TrainConfig, ModelConfig): [model] and [train] tables."""
-    with open(path, "rb") as f:
-        data = tomllib.load(f)
-    fix = lambda table: {k.replace("-", "_"): v for k, v in table.items()}  # noqa: E731
-    return from_dict(TrainConfig, fix(data.get("train", {}))), from_dict(ModelConfig, fix(data.get("model", {})))
 
 
 def figure(result, kind: str) -> str:
@@ -87,7 +78,7 @@ def run(name: str, args: argparse.Namespace) -> list[dict]:
     from lmgen.train import resolve_device, train
 
     split, kind, reference = BENCHMARKS[name]
-    cfg, model_cfg = read_config(REPO / "configs" / f"{name}.toml")
+    cfg, model_cfg = read_config(str(REPO / "configs" / f"{name}.toml"))
     device = resolve_device(args.device)
     overrides = dict(out=str(Path(args.out) / name), progress=False, device=str(device.type),
                      threads=args.threads)

@@ -58,10 +58,11 @@ def main() -> None:
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     for precision in precisions:
         # min_new_tokens = N bars [END], so every run makes exactly N tokens per stream
-        greedy = GenerationConfig(do_sample=False, max_new_tokens=N, min_new_tokens=N, precision=precision)
-        top_p = GenerationConfig(temperature=0.8, top_p=0.95, max_new_tokens=N, min_new_tokens=N, precision=precision)
+        fixed = GenerationConfig(max_new_tokens=N, min_new_tokens=N, precision=precision)
+        greedy = fixed.replace(do_sample=False)
+        top_p = fixed.replace(temperature=0.8, top_p=0.95)
         batch = top_p.replace(num_return_sequences=64)
-        beam = GenerationConfig(num_beams=5, do_sample=False, max_new_tokens=N, min_new_tokens=N, precision=precision)
+        beam = fixed.replace(num_beams=5, do_sample=False)
         t_greedy = timed(lambda: generate(model, tok, "", greedy), args.repeats)
         t_top_p = timed(lambda: generate(model, tok, "", top_p, generator=g()), args.repeats)
         t_batch = timed(lambda: generate(model, tok, "", batch, generator=g()), args.repeats)

@@ -74,6 +74,12 @@ def _split_settings(settings: dict[str, Any]) -> tuple[dict, dict]:
     return model, train
 
 
+def read_config(path: str) -> tuple[TrainConfig, ModelConfig]:
+    """A configs/*.toml recipe as (TrainConfig, ModelConfig), read as ``--config`` reads it."""
+    model, train = _split_settings(_read_toml(path))
+    return from_dict(TrainConfig, train), from_dict(ModelConfig, model)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import saved_config, train
 

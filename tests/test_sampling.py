@@ -124,16 +124,25 @@ def test_step_by_step_equals_the_model_on_the_whole_sequence(cell, layers, tie, 
         whole, final = model(tokens)  # [B, T, V]
     rec = Recurrence(model)
     assert rec.fast and (cell != "lstm" or (rec.table is not None) == table)
-    layers_state = rec.split(model.init_state(3))
+    steps, state = step_through(rec, model, tokens)
+    torch.testing.assert_close(steps, whole, atol=1e-5, rtol=1e-5)
+    assert_states_close(state, final, tol=1e-5)
+
+
+def step_through(rec, model, tokens):
+    """Feed tokens [B, T] one step at a time -> logits [B, T, V] and the final model-format state."""
+    state = rec.split(model.init_state(tokens.shape[0]))
     steps = []
     with torch.no_grad():
         for t in range(tokens.shape[1]):
-            logits, layers_state = rec.step(tokens[:, t], layers_state)
+            logits, state = rec.step(tokens[:, t], state)
             steps.append(logits)
-    torch.testing.assert_close(torch.stack(steps, 1), whole, atol=1e-5, rtol=1e-5)
-    joined = rec.join(layers_state)
-    for a, b in zip(joined if isinstance(joined, tuple) else (joined,), final if isinstance(final, tuple) else (final,)):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    return torch.stack(steps, 1), rec.join(state)
+
+
+def assert_states_close(a, b, tol):
+    for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+        torch.testing.assert_close(x, y, atol=tol, rtol=tol)
 
 
 def half_rounded(model):
@@ -167,18 +176,10 @@ def test_float16_step_equals_the_model_with_rounded_weights(cell, layers, table,
         exact, _ = model(tokens)
     rec = Recurrence(model, "float16")
     assert rec.precision == "float16" and (rec.out.packed is not None) == packed
-    state = rec.split(model.init_state(4))
-    steps = []
-    with torch.no_grad():
-        for t in range(tokens.shape[1]):
-            logits, state = rec.step(tokens[:, t], state)
-            steps.append(logits)
-    steps = torch.stack(steps, 1)
+    steps, state = step_through(rec, model, tokens)
     torch.testing.assert_close(steps, whole, atol=2e-5, rtol=2e-5)
     assert not torch.allclose(steps, exact, atol=1e-6)  # it really ran on rounded weights
-    joined = rec.join(state)
-    for a, b in zip(joined if isinstance(joined, tuple) else (joined,), final if isinstance(final, tuple) else (final,)):
-        torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
+    assert_states_close(state, final, tol=2e-5)
 
 
 @needs_half
@@ -190,8 +191,8 @@ def test_float16_greedy_equals_a_naive_loop_over_the_rounded_model(tok, cell):
     ids = [tok.end_id] + tok.encode("the c")
     rounded, out = half_rounded(model), []
     with torch.no_grad():
-        logits = model(torch.tensor([ids]))[0][0, -1]
-        _, state = model(torch.tensor([ids]))
+        prompt_logits, state = model(torch.tensor([ids]))
+        logits = prompt_logits[0, -1]
         for _ in range(25):
             t = int(logits.argmax())
             if t == tok.end_id:
