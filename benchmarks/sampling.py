@@ -8,8 +8,8 @@ against the aims of issue 5, and the machine's matrix-product ceiling for batche
 
 Run on a quiet machine (timings on a shared one are noisy):
 
-    OMP_NUM_THREADS=1 python benchmarks/sampling.py            # one thread
-    python benchmarks/sampling.py --threads 2 --tokens 1000
+    python benchmarks/sampling.py                      # torch's default: every core (2 here)
+    OMP_NUM_THREADS=1 python benchmarks/sampling.py    # one thread
 """
 
 from __future__ import annotations
@@ -35,11 +35,29 @@ def timed(fn, repeats: int) -> float:
     return best
 
 
+def interleaved(cases: dict, rounds: int) -> dict:
+    """Best time of each case over ``rounds`` rounds that run every case once in turn.
+
+    Spreading a case's runs over the whole benchmark, not back to back, keeps a burst of
+    load on a shared machine (seconds long, seen here) from spoiling all of them. A first,
+    untimed round packs the float16 weights and warms the caches.
+    """
+    for fn in cases.values():
+        fn()
+    best = dict.fromkeys(cases, float("inf"))
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=500, help="new tokens per stream")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
-    parser.add_argument("--repeats", type=int, default=3, help="best of this many runs")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, every core)")
+    parser.add_argument("--repeats", type=int, default=5, help="best of this many rounds")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", nargs="+", choices=["float32", "float16"],
                         help="step weights to time (default: both where float16 is supported)")
@@ -51,11 +69,11 @@ def main() -> None:
     model = RNNLM(ModelConfig(vocab_size=tok.vocab_size, embed=64, hidden=512, layers=2)).to(args.device).eval()
     N = args.tokens
     print(f"2x512 LSTM, embed 64, V={tok.vocab_size}, {N} tokens per stream, device {args.device}, "
-          f"{torch.get_num_threads()} thread(s), best of {args.repeats}")
+          f"{torch.get_num_threads()} thread(s), best of {args.repeats} interleaved rounds")
     precisions = args.precision or (["float32", "float16"] if half_supported() and args.device == "cpu"
                                     else ["float32"])
-    print(f"{'precision':<10}{'case':<26}{'tok/s':>10}{'ms/step':>10}   aim")
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    cases = {}
     for precision in precisions:
         # min_new_tokens = N bars [END], so every run makes exactly N tokens per stream
         fixed = GenerationConfig(max_new_tokens=N, min_new_tokens=N, precision=precision)
@@ -63,10 +81,14 @@ def main() -> None:
         top_p = fixed.replace(temperature=0.8, top_p=0.95)
         batch = top_p.replace(num_return_sequences=64)
         beam = fixed.replace(num_beams=5, do_sample=False)
-        t_greedy = timed(lambda: generate(model, tok, "", greedy), args.repeats)
-        t_top_p = timed(lambda: generate(model, tok, "", top_p, generator=g()), args.repeats)
-        t_batch = timed(lambda: generate(model, tok, "", batch, generator=g()), args.repeats)
-        t_beam = timed(lambda: beam_search(model, tok, "", beam), args.repeats)
+        cases[precision, "greedy"] = lambda c=greedy: generate(model, tok, "", c)
+        cases[precision, "top-p"] = lambda c=top_p: generate(model, tok, "", c, generator=g())
+        cases[precision, "batch"] = lambda c=batch: generate(model, tok, "", c, generator=g())
+        cases[precision, "beam"] = lambda c=beam: beam_search(model, tok, "", c)
+    t = interleaved(cases, args.repeats)
+    print(f"{'precision':<10}{'case':<26}{'tok/s':>10}{'ms/step':>10}   aim")
+    for precision in precisions:
+        t_greedy, t_top_p, t_batch, t_beam = (t[precision, case] for case in ("greedy", "top-p", "batch", "beam"))
         single, nucleus = N / t_greedy, N / t_top_p
         batched = 64 * N / t_batch
         beam_ratio = t_beam / t_greedy

@@ -16,7 +16,6 @@ from lmgen.config import ModelConfig
 from lmgen.errors import ConfigError
 from lmgen.model import RNNLM
 from lmgen.sampling import (
-    _PackedLinear,
     GenerationConfig,
     Recurrence,
     TextDecoder,
@@ -162,20 +161,18 @@ needs_half = pytest.mark.skipif(not half_supported(), reason="this torch build l
 
 
 @needs_half
-@pytest.mark.parametrize("packed", [True, False])  # fbgemm's packed float16, or small float32 products
 @pytest.mark.parametrize("cell, layers, table", [("lstm", 3, True), ("lstm", 2, False), ("gru", 2, True),
                                                  ("gru", 2, False), ("rnn", 2, True), ("rnn", 1, False)])
-def test_float16_step_equals_the_model_with_rounded_weights(cell, layers, table, packed, monkeypatch):
+def test_float16_step_equals_the_model_with_rounded_weights(cell, layers, table, monkeypatch):
     if not table:
         monkeypatch.setattr(Recurrence, "TABLE_LIMIT", 0)
-    monkeypatch.setattr(_PackedLinear, "PACK_MIN", 0 if packed else 1 << 30)
     model = tiny_model(12, cell, layers)
     tokens = torch.randint(0, 12, (4, 9), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         whole, final = half_rounded(model)(tokens)  # the oracle: nn.LSTM / nn.GRU / nn.RNN itself
         exact, _ = model(tokens)
     rec = Recurrence(model, "float16")
-    assert rec.precision == "float16" and (rec.out.packed is not None) == packed
+    assert rec.precision == "float16"
     steps, state = step_through(rec, model, tokens)
     torch.testing.assert_close(steps, whole, atol=2e-5, rtol=2e-5)
     assert not torch.allclose(steps, exact, atol=1e-6)  # it really ran on rounded weights
