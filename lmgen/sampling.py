@@ -31,6 +31,7 @@ others, and whatever its batch-mates do.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import functools
@@ -412,8 +413,10 @@ class Recurrence:
     def step(self, tokens: Tensor, layers: Any) -> tuple[Tensor, Any]:
         """tokens [B] -> next-token logits [B, V] and the new per-layer state."""
         if not self.fast:
-            out, state = self.model(tokens[:, None], layers)  # [B, 1, V]
+            with torch.no_grad():
+                out, state = self.model(tokens[:, None], layers)  # [B, 1, V]
             return out[:, -1], state
+        # the fast paths use detached weights only: no autograd to switch off
         if self.half:
             return self._half_step(tokens, layers)
         if self.cell == "lstm":
@@ -475,7 +478,7 @@ class Recurrence:
     def run(self, tokens: Tensor, layers: Any) -> tuple[Tensor, Any]:
         """A whole sequence tokens [1, T] through the model -> logits [V] after the last
         one and the new per-layer state (priming: one fused call for the prompt)."""
-        with _eval_mode(self.model):
+        with _eval_mode(self.model), torch.no_grad():
             logits, state = self.model(tokens, None if layers is None else self.join(layers))
         return logits[0, -1], self.split(state)
 
@@ -600,10 +603,11 @@ def choose_tokens(logits: Tensor, config: GenerationConfig, uniforms: Tensor | N
     """The next token of each row: logits [B, V] (already adjusted) -> tokens [B].
 
     Greedy is the argmax. Sampling inverts the cumulative distribution at one uniform
-    number per row, ``uniforms`` [B] in [0, 1): exact (the chance of token v is its
+    number per row, ``uniforms`` [B] in [0, 1) (1 is taken too): exact (the chance of token v is its
     probability after temperature, top-k and top-p), and one random number per token.
     Top-k keeps the k most likely tokens; top-p then keeps the fewest most likely tokens
-    whose probability reaches p of what is left (always at least one).
+    whose probability reaches p of what is left: a token stays while the mass of the more
+    likely ones is below p (so always at least one).
 
     >>> choose_tokens(torch.tensor([[0.0, 2.0, 1.0]]), GenerationConfig(do_sample=False), None)
     tensor([1])
@@ -613,22 +617,41 @@ def choose_tokens(logits: Tensor, config: GenerationConfig, uniforms: Tensor | N
     assert uniforms is not None
     V = logits.shape[-1]
     probs = torch.softmax(logits.double() / config.temperature, dim=-1)  # [B, V]
-    if config.top_k is None and config.top_p >= 1.0:
-        order = None
-    else:
-        probs, order = probs.sort(dim=-1, descending=True)  # [B, V], most likely first
-        if config.top_k is not None and config.top_k < V:
-            probs[:, config.top_k:] = 0.0
-        if config.top_p < 1.0:
-            mass = probs.cumsum(dim=-1)
-            # drop a token when the more likely ones already reach top_p of the mass
-            probs = probs.masked_fill(mass - probs >= config.top_p * mass[:, -1:], 0.0)
-    cdf = probs.cumsum(dim=-1)  # [B, V]
-    targets = (uniforms.to(cdf) * cdf[:, -1]).unsqueeze(1)  # [B, 1]
-    pos = torch.searchsorted(cdf, targets, right=True).clamp_(max=V - 1)  # [B, 1]
-    # u * total can round up to total: fall back to the most likely token (never a dropped one)
-    pos = torch.where(probs.gather(1, pos) > 0, pos, probs.argmax(dim=-1, keepdim=True))
+    k = V if config.top_k is None else min(config.top_k, V)
+    order = None
+    if k < V or config.top_p < 1.0:
+        probs, order = probs.topk(k, dim=-1)  # [B, k], most likely first
+    cdf = probs.cumsum(dim=-1)
+    if logits.shape[0] <= _ROWS_IN_PYTHON:
+        return _invert_rows(cdf, order, config.top_p, uniforms)
+    keep = torch.full_like(uniforms, cdf.shape[1], dtype=torch.long)[:, None]  # [B, 1] tokens kept
+    if config.top_p < 1.0:
+        keep = torch.searchsorted(cdf, config.top_p * cdf[:, -1:]) + 1  # 1 + #(mass before a token < p)
+    total = cdf.gather(1, keep - 1)  # [B, 1] the kept mass
+    pos = torch.searchsorted(cdf, uniforms[:, None].to(cdf) * total, right=True)
+    # u < 1 makes u * total < total, so pos < keep; at u = 1 (not from torch.rand, but a
+    # caller's numbers may hold it) take the last kept token with a probability above 0
+    pos = torch.where(pos < keep, pos, torch.searchsorted(cdf, total))
     return (pos if order is None else order.gather(1, pos)).squeeze(1)
+
+
+# Up to this many rows, choose_tokens inverts the distribution row by row in Python (two
+# bisections on a list): ~15 small kernels fewer than the vectorised search, which for
+# one stream of a 2x512 LSTM was a fifth of the time per token (benchmarks/sampling.py).
+_ROWS_IN_PYTHON = 16
+
+
+def _invert_rows(cdf: Tensor, order: Tensor | None, top_p: float, uniforms: Tensor) -> Tensor:
+    """:func:`choose_tokens`' inversion for a few rows, the same arithmetic (tested equal)."""
+    ranked = order.tolist() if order is not None else None
+    chosen = []
+    for row, (mass, u) in enumerate(zip(cdf.tolist(), uniforms.tolist())):
+        keep = bisect.bisect_left(mass, top_p * mass[-1]) + 1 if top_p < 1.0 else len(mass)
+        pos = bisect.bisect_right(mass, u * mass[keep - 1], 0, keep)
+        if pos == keep:
+            pos = bisect.bisect_left(mass, mass[keep - 1], 0, keep)
+        chosen.append(pos if ranked is None else ranked[row][pos])
+    return torch.tensor(chosen, device=cdf.device)
 
 
 class _Uniforms:
@@ -693,7 +716,6 @@ def _seen_mask(ids: list[int], rows: int, V: int, device: torch.device, end_id: 
 # sampling and greedy
 
 
-@torch.inference_mode()
 def sample_steps(
     model: Any,
     tokenizer: Tokenizer,
@@ -711,6 +733,10 @@ def sample_steps(
     >>> for rows, tokens in sample_steps(model, tok, "Hi", GenerationConfig(num_return_sequences=2)):  # doctest: +SKIP
     ...     print(rows, tokens)
     [0, 1] [5, 9]
+
+    Not under ``torch.inference_mode`` as a whole: a generator so decorated enters and
+    leaves the mode at every token, ~5 us of a ~300 us token here; the recurrence needs no
+    autograd switch (see :meth:`Recurrence.step`).
     """
     config = config or GenerationConfig()
     if config.strategy == "beam":
@@ -925,11 +951,12 @@ def beam_search(
         del finished[W:]
 
     for step in range(L):
-        logp = torch.log_softmax(adjust_logits(logits, config, seen, step, end).double(), dim=-1)  # [k, V]
+        logp = torch.log_softmax(adjust_logits(logits, config, seen, step, end), dim=-1, dtype=torch.float64)  # [k, V]
         candidates = (scores[:, None] + logp).view(-1)  # [k * V]
         top_scores, top_index = candidates.topk(min(2 * W, candidates.numel()))
         beams: list[int] = []
         tokens: list[int] = []
+        ranks: list[int] = []  # of the new beams among the top 2W
         new_scores: list[float] = []
         for rank, (score, index) in enumerate(zip(top_scores.tolist(), top_index.tolist())):
             beam, token = divmod(index, V)
@@ -941,6 +968,7 @@ def beam_search(
                 break
             beams.append(beam)
             tokens.append(token)
+            ranks.append(rank)
             new_scores.append(score)
             if len(beams) == W:
                 break
@@ -951,13 +979,12 @@ def beam_search(
             break
         if len(finished) >= W and new_scores[0] / (step + 1) ** alpha <= finished[-1][0]:
             break
-        index = torch.tensor(beams, device=device)
-        chosen = torch.tensor(tokens, device=device)
+        index, chosen, rank = torch.tensor([beams, tokens, ranks], device=device)  # one copy, not three
         layers = rec.select(layers, index)
         if seen is not None:
             seen = seen.index_select(0, index)
             seen[torch.arange(len(beams), device=device), chosen] = True
-        scores = torch.tensor(new_scores, dtype=torch.float64, device=device)
+        scores = top_scores.index_select(0, rank)  # = new_scores
         logits, layers = rec.step(chosen, layers)
     previous = ctx.ids[-1]
     return [Sample(ids, decode_continuation(tokenizer, ids, previous), stop, score, norm)

@@ -251,6 +251,27 @@ def test_precision_auto_and_errors(tok):
         Recurrence(window, "float16")
 
 
+@pytest.mark.parametrize("cell, precision", [("lstm", "float32"), ("gru", "float32"), ("rnn", "float32"),
+                                              ("lstm", "float16"), ("gru", "float16"), ("window", "float32")])
+def test_steps_record_no_autograd_history(tok, cell, precision):
+    """Generation runs outside inference mode (see sample_steps): every path must still leave
+    the model's trainable parameters out of its results."""
+    if precision == "float16" and not half_supported():
+        pytest.skip("this torch build lacks the fbgemm float16 kernels")
+    if cell == "window":
+        from lmgen.model import WindowLM
+
+        model = WindowLM(ModelConfig(cell="window", vocab_size=tok.vocab_size, embed=4, hidden=8, window=3))
+    else:
+        model = tiny_model(tok.vocab_size, cell)
+    assert all(p.requires_grad for p in model.parameters())
+    rec = Recurrence(model, precision)
+    logits, layers = prime(model, tok, "ab").catch_up(rec)
+    for token in tok.encode("cd"):
+        logits, layers = rec.step(torch.tensor([token]), layers)
+        assert not logits.requires_grad and logits.grad_fn is None
+
+
 # -- greedy and its equivalents -------------------------------------------------------------
 
 
@@ -413,7 +434,10 @@ def test_choose_tokens_stays_in_set_for_random_logits():
     u = torch.rand(500, generator=gen, dtype=torch.float64)
     u[:5] = torch.tensor([0.0, 1 - 2**-53, 0.5, 1e-300, 0.999999])
     for k, p in ((1, 1.0), (5, 1.0), (None, 0.5), (7, 0.3), (None, 1e-9)):
-        tokens = choose_tokens(logits, GenerationConfig(top_k=k, top_p=p), u)
+        config = GenerationConfig(top_k=k, top_p=p)
+        tokens = choose_tokens(logits, config, u)  # 500 rows: the vectorised search
+        rows = torch.cat([choose_tokens(logits[r : r + 1], config, u[r : r + 1]) for r in range(500)])
+        assert torch.equal(tokens, rows)  # one row at a time: the Python bisection, the same tokens
         order = logits.argsort(dim=-1, descending=True)
         probs = torch.softmax(logits.double(), -1)
         for row in range(500):
@@ -425,6 +449,26 @@ def test_choose_tokens_stays_in_set_for_random_logits():
                 allowed.add(v)
                 mass += float(probs[row, v])
             assert int(tokens[row]) in allowed
+
+
+def test_both_inversions_agree_on_edge_cases():
+    """The vectorised search and the row-by-row bisection (choose_tokens' two paths) pick the
+    same tokens, also at the edges: probabilities of exactly 0 (-inf logits, at the end of
+    the order), fewer positive tokens than top-k, u = 0, u = 1 (the fallback)."""
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(400, 12, generator=gen) * torch.tensor([0.1, 5.0, 80.0, 800.0]).repeat(100)[:, None]
+    logits[::3, -1] = -math.inf
+    logits[1::3, 2:] = -math.inf  # two tokens with a probability above 0
+    u = torch.rand(400, generator=gen, dtype=torch.float64)
+    u[::7] = 1.0
+    u[1::7] = 0.0
+    u[2::7] = 1 - 2**-53
+    for config in (GenerationConfig(), GenerationConfig(temperature=0.3), GenerationConfig(top_k=5),
+                   GenerationConfig(top_p=0.9), GenerationConfig(top_k=4, top_p=0.5), GenerationConfig(top_p=1e-12)):
+        tokens = choose_tokens(logits, config, u)
+        rows = torch.cat([choose_tokens(logits[r : r + 1], config, u[r : r + 1]) for r in range(400)])
+        assert torch.equal(tokens, rows), config
+        assert torch.isfinite(logits.gather(1, tokens[:, None])).all()  # never a token of probability 0
 
 
 # -- beam search against brute force ---------------------------------------------------------
