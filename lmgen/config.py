@@ -9,6 +9,7 @@ names the offending flag, e.g. ``--dropout must be in [0, 1), got 1.5``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,15 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     _check(value in choices, name, "one of " + ", ".join(choices), value)
 
 
+def _check_finite(config: Any) -> None:
+    """Every real-valued setting is a finite number: ``--epochs inf`` or ``--lr nan`` parse
+    as floats, and would pass a range check (inf > 0) to fail much later."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float):
+            _check(math.isfinite(value), f.name, "a finite number", value)
+
+
 @dataclass
 class ModelConfig:
     """Shape of an :class:`~lmgen.model.RNNLM`: embedding -> L recurrent layers -> decoder."""
@@ -58,6 +68,7 @@ class ModelConfig:
                               "lmgen's default initialisation", default=0.0)
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         _check_choice("cell", self.cell, CELLS)
         _check(self.vocab_size >= 0, "vocab_size", ">= 0", self.vocab_size)
         for name in ("embed", "hidden", "layers", "window"):
@@ -118,6 +129,7 @@ class TrainConfig:
     progress: bool = _help("show a progress bar", default=True)
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         _check_choice("tokenizer", self.tokenizer, TOKENIZERS)
         _check_choice("spm_type", self.spm_type, ("unigram", "bpe"))
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)

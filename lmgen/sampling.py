@@ -95,7 +95,7 @@ class GenerationConfig:
     repetition_penalty: float = 1.0  # CTRL penalty on tokens already in the text (1: off)
     num_return_sequences: int = 1  # samples per call, or the n best beams
     # weights of the step-by-step recurrence: "float32" (the model's own numbers), "float16"
-    # (CPU: packed half-precision weights, float32 arithmetic; ~3x faster for one stream)
+    # (CPU: packed half-precision weights, float32 arithmetic; 2-3x faster for one stream)
     # or "auto" (float16 where supported, else float32). See :class:`Recurrence`.
     precision: str = "float32"
 
@@ -281,9 +281,12 @@ class Recurrence:
 
     ``precision="float16"`` (CPU only) steps with packed float16 copies of the weight
     matrices instead (:class:`_PackedLinear`; biases, embeddings, state and arithmetic stay
-    float32): one stream of a 2x512 LSTM reads 6 MB a token instead of 12 MB. Priming a
-    prompt (:meth:`run`) always uses the model itself. ``"auto"`` is float16 where the
-    kernels exist and the model is on the CPU, else float32.
+    float32): one stream of a 2x512 LSTM reads 6 MB a token instead of 12 MB, in two
+    products (the first layer's input projection is a table, deeper layers multiply [x, h] by
+    [W_ih | W_hh] at once). ATen's fused ``quantized_lstm`` over packed cells was tried and
+    is slower here: it makes four fbgemm calls a step, one per matrix, where this makes
+    two (~230 vs ~270 us). Priming a prompt (:meth:`run`) always uses the model itself.
+    ``"auto"`` is float16 where the kernels exist and the model is on the CPU, else float32.
 
     The state is kept per layer: a list of L tensors [B, H] (LSTM: L pairs (h, c)), so
     stepping never stacks or slices [L, B, H] tensors. Models that are not an RNNLM

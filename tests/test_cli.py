@@ -37,6 +37,8 @@ def test_a_typo_in_a_flag_is_a_usage_error_with_a_suggestion():
 
 @pytest.mark.parametrize("args, message", [
     (["--dropout", "1.5"], "--dropout must be in [0, 1), got 1.5"),
+    (["--epochs", "inf"], "--epochs must be a finite number, got inf"),  # found by tests/test_cli_fuzz.py
+    (["--lr", "nan"], "--lr must be a finite number, got nan"),
     (["--steps", "-3"], "--steps must be a whole number >= 0, got -3"),
     (["--time", "soon"], "--time must be a positive duration"),
     (["--corpus", "tinyshakespear"], "tinyshakespeare"),
