@@ -195,7 +195,7 @@ def _add_generation_flags(p: argparse.ArgumentParser, samples: bool = True) -> N
                    help="auto: CUDA when present (default auto)")
     p.add_argument("--precision", choices=["auto", "float32", "float16"], default="auto",
                    help="weights used at each step: float16 = packed half-precision copies, float32 arithmetic "
-                        "(CPU, x86; ~3x faster for one stream, logits within ~1e-3); float32 = the model's own "
+                        "(CPU, x86; 2-3x faster for one stream, logits within ~1e-3); float32 = the model's own "
                         "numbers; auto = float16 where supported (default auto)")
 
 
