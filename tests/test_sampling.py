@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lmgen.config import ModelConfig
 from lmgen.errors import ConfigError
@@ -177,6 +178,31 @@ def test_float16_step_equals_the_model_with_rounded_weights(cell, layers, table,
     torch.testing.assert_close(steps, whole, atol=2e-5, rtol=2e-5)
     assert not torch.allclose(steps, exact, atol=1e-6)  # it really ran on rounded weights
     assert_states_close(state, final, tol=2e-5)
+
+
+@needs_half
+def test_packed_linear_is_the_rounded_product_with_one_or_several_threads():
+    """One row goes through ATen's single-threaded call, several rows on several threads
+    through the quantized op: the same bits either way, the product of the rounded weight."""
+    from lmgen.sampling import _PackedLinear
+
+    gen = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(300, 70, generator=gen), torch.randn(300, generator=gen)
+    linear = _PackedLinear(weight, bias)
+    x = torch.randn(6, 70, generator=gen)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = linear(x)
+        rows = torch.cat([linear(x[r : r + 1]) for r in range(6)])
+        torch.set_num_threads(2)
+        threaded = linear(x)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(single, threaded)
+    for got in (single, rows):
+        torch.testing.assert_close(got, F.linear(x, weight.half().float(), bias), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(single, F.linear(x, weight, bias), atol=1e-6)  # really rounded
 
 
 @needs_half
