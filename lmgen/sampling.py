@@ -984,12 +984,12 @@ def beam_search(
             break
         if len(finished) >= W and new_scores[0] / (step + 1) ** alpha <= finished[-1][0]:
             break
-        index, chosen, rank = torch.tensor([beams, tokens, ranks], device=device)  # one copy, not three
+        index, chosen, at = torch.tensor([beams, tokens, ranks], device=device)  # one copy, not three
         layers = rec.select(layers, index)
         if seen is not None:
             seen = seen.index_select(0, index)
             seen[torch.arange(len(beams), device=device), chosen] = True
-        scores = top_scores.index_select(0, rank)  # = new_scores
+        scores = top_scores.index_select(0, at)  # = new_scores
         logits, layers = rec.step(chosen, layers)
     previous = ctx.ids[-1]
     return [Sample(ids, decode_continuation(tokenizer, ids, previous), stop, score, norm)
