@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lmgen import corpora  # noqa: E402
-from lmgen.cli import read_config  # noqa: E402
+from lmgen.config import load_recipe  # noqa: E402
 from lmgen.data import encode_split  # noqa: E402
 from lmgen.evaluate import evaluate_split, model_label  # noqa: E402
 from lmgen.ngram import NgramLM  # noqa: E402
@@ -75,10 +75,11 @@ HEADER = ["config", "corpus", "tokenizer", "model", "params", "train time", "dev
 def run(name: str, args: argparse.Namespace) -> list[dict]:
     import torch
 
-    from lmgen.train import resolve_device, train
+    from lmgen.devices import resolve_device
+    from lmgen.train import train
 
     split, kind, reference = BENCHMARKS[name]
-    cfg, model_cfg = read_config(str(REPO / "configs" / f"{name}.toml"))
+    cfg, model_cfg = load_recipe(str(REPO / "configs" / f"{name}.toml"))
     device = resolve_device(args.device)
     overrides = dict(out=str(Path(args.out) / name), progress=False, device=str(device.type),
                      threads=args.threads)
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jsonl", default=None, help="also append every row as JSON to this file")
     args = parser.parse_args(argv)
 
-    from lmgen.train import resolve_device
+    from lmgen.devices import resolve_device
 
     if corpora.mirror_folder() is None:
         default = REPO.parent / "shared" / "corpora"

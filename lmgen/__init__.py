@@ -4,7 +4,7 @@
 >>> model, tokenizer = lmgen.load("checkpoints/run")  # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def load(path, device="cpu"):

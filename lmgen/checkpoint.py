@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from .version import __version__
 from .config import ModelConfig, from_dict
 from .errors import CheckpointError, ConfigError, LmgenError
 from .model import RNNLM, build_model

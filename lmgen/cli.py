@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import __version__
-from .config import ModelConfig, TrainConfig, flag, from_dict
+from .version import __version__
+from .config import ModelConfig, TrainConfig, flag, from_dict, read_recipe, split_settings
 from .errors import ConfigError, LmgenError
 
 # Flags whose long name differs from the field (none today); kept for clarity in one place.
@@ -44,50 +44,14 @@ def _add_dataclass_flags(group: argparse._ArgumentGroup, fields: list, defaults:
                                metavar=f.name.upper(), help=help_text)
 
 
-def _read_toml(path: str) -> dict[str, Any]:
-    import tomllib
-
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"--config {path}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"--config {path}: not valid TOML ({exc})") from None
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and key in ("model", "train"):
-            flat.update(value)
-        else:
-            flat[key] = value
-    return {k.replace("-", "_"): v for k, v in flat.items()}
-
-
-def _split_settings(settings: dict[str, Any]) -> tuple[dict, dict]:
-    model_names = {f.name for f in _MODEL_FIELDS}
-    train_names = {f.name for f in _TRAIN_FIELDS}
-    unknown = sorted(set(settings) - model_names - train_names - {"overwrite"})
-    if unknown:
-        raise ConfigError("unknown setting(s): " + ", ".join(flag(u) for u in unknown) + "; see `lmgen train --help`")
-    model = {k: v for k, v in settings.items() if k in model_names}
-    train = {k: v for k, v in settings.items() if k in train_names}
-    return model, train
-
-
-def read_config(path: str) -> tuple[TrainConfig, ModelConfig]:
-    """A configs/*.toml recipe as (TrainConfig, ModelConfig), read as ``--config`` reads it."""
-    model, train = _split_settings(_read_toml(path))
-    return from_dict(TrainConfig, train), from_dict(ModelConfig, model)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import saved_config, train
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config")}
     overwrite = bool(given.pop("overwrite", False))
-    settings = _read_toml(args.config) if args.config else {}
+    settings = read_recipe(args.config) if args.config else {}
     settings.update(given)  # the command line wins over the file
-    model_given, train_given = _split_settings(settings)
+    model_given, train_given = split_settings(settings)
     if train_given.get("resume"):
         out = train_given.get("out", TrainConfig.out)
         saved = saved_config(out)
@@ -115,7 +79,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from .checkpoint import load_checkpoint
     from .sampling import generate, prime, stream_samples
-    from .train import resolve_device
+    from .devices import resolve_device
 
     config = _generation_config(args)  # bad flags fail before the checkpoint loads
     ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
@@ -241,7 +205,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from .evaluate import evaluate_checkpoint
-    from .train import resolve_device
+    from .devices import resolve_device
 
     report = evaluate_checkpoint(
         args.checkpoint, split=args.split, corpus=args.corpus, batch=args.batch, bptt=args.bptt,
@@ -306,7 +270,7 @@ def add_plot_parser(sub: Any) -> None:
 def cmd_repl(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .repl import run
-    from .train import resolve_device
+    from .devices import resolve_device
 
     config = _generation_config(args)
     ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))

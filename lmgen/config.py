@@ -179,3 +179,45 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
     if unknown:
         raise ConfigError(f"unknown {cls.__name__} setting(s): {', '.join(unknown)}")
     return cls(**values)
+
+
+def read_recipe(path: str) -> dict[str, Any]:
+    """A TOML recipe (``--config``) as flat settings: ``[model]`` and ``[train]`` tables merged,
+    dashes in keys read as underscores (``bptt-jitter`` = ``bptt_jitter``)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
+        import tomli as tomllib
+
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path}: not valid TOML ({exc})") from None
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key in ("model", "train"):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return {k.replace("-", "_"): v for k, v in flat.items()}
+
+
+def split_settings(settings: dict[str, Any]) -> tuple[dict, dict]:
+    """Flat settings -> (model settings, train settings); an unknown name is a ConfigError naming its flag."""
+    model_names = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
+    train_names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(settings) - model_names - train_names - {"overwrite"})
+    if unknown:
+        raise ConfigError("unknown setting(s): " + ", ".join(flag(u) for u in unknown) + "; see `lmgen train --help`")
+    model = {k: v for k, v in settings.items() if k in model_names}
+    train = {k: v for k, v in settings.items() if k in train_names}
+    return model, train
+
+
+def load_recipe(path: str) -> tuple[TrainConfig, ModelConfig]:
+    """A configs/*.toml recipe as (TrainConfig, ModelConfig), read as ``--config`` reads it."""
+    model, train = split_settings(read_recipe(path))
+    return from_dict(TrainConfig, train), from_dict(ModelConfig, model)

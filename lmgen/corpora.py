@@ -54,6 +54,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, Sequence
 
+from .cache import CACHE_ENV, cache_folder
+
 from lmgen.errors import CorpusError
 
 __all__ = [
@@ -74,7 +76,6 @@ __all__ = [
 ]
 
 MIRROR_ENV = "LMGEN_CORPORA"
-CACHE_ENV = "LMGEN_CACHE"
 DEFAULT_CORPUS = "python-stdlib"
 
 SPLIT_NAMES = ("train", "valid", "test")
@@ -395,12 +396,6 @@ def mirror_folder() -> Path | None:
         return None
     path = Path(value).expanduser()
     return path if path.is_dir() else None
-
-
-def cache_folder() -> Path:
-    """Where fetched corpora go: $LMGEN_CACHE, else ~/.cache/lmgen (not created here)."""
-    value = os.environ.get(CACHE_ENV)
-    return Path(value).expanduser() if value else Path.home() / ".cache" / "lmgen"
 
 
 # --------------------------------------------------------------------------- reading text

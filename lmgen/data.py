@@ -20,15 +20,11 @@ import numpy as np
 import torch
 
 from . import corpora
+from .cache import cache_folder
 from .errors import ConfigError, LmgenError, TokenizerError
 from .tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 
 CACHE_FORMAT = "lmgen-tokens/1"
-
-
-def cache_folder() -> Path:
-    """Where token files and trained tokenizers are cached (``$LMGEN_CACHE``, else ~/.cache/lmgen)."""
-    return Path(os.environ.get(corpora.CACHE_ENV) or Path.home() / ".cache" / "lmgen")
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

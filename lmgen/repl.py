@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any, TextIO
 
+from .cache import CACHE_ENV, cache_folder
 from .errors import LmgenError
 from .sampling import REPL_HELP, GenerationConfig, Session
 
@@ -24,8 +25,8 @@ PROMPT = "lmgen> "
 
 def history_path() -> Path:
     """Where the line history is kept between sessions."""
-    cache = os.environ.get("LMGEN_CACHE")
-    return Path(cache) / "repl_history" if cache else Path.home() / ".lmgen_history"
+    # Only inside an explicitly chosen cache (tests, sandboxes); a user's history stays in ~.
+    return cache_folder() / "repl_history" if os.environ.get(CACHE_ENV) else Path.home() / ".lmgen_history"
 
 
 def _setup_readline() -> Any:

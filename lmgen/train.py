@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from . import corpora, distributed
 from .checkpoint import load_checkpoint, load_train_state, save_checkpoint
 from .config import ModelConfig, TrainConfig
+from .devices import resolve_device
 from .data import StreamBatcher, encode_split, prepare_tokenizer
 from .errors import ConfigError, LmgenError
 from .evaluate import autocast_for, perplexity, stream_loss
@@ -52,14 +53,6 @@ class RunResult:
     val_loss: float | None
     best_val_loss: float | None
     stopped_by: str  # "steps" | "epochs" | "time" | "early-stopping" | "interrupted"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA GPU; use --device cpu or auto")
-    return torch.device(name)
 
 
 class Schedule:

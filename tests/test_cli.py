@@ -100,8 +100,8 @@ def test_not_a_checkpoint_is_a_clear_error(tmp_path):
 def test_every_shipped_config_is_valid(path):
     # Read as `lmgen train --config` reads it: a typo in a recipe (an unknown key, a bad
     # value) fails here, not an hour into a benchmark.
-    from lmgen.cli import read_config
+    from lmgen.config import load_recipe
 
-    train_cfg, model_cfg = read_config(str(path))
+    train_cfg, model_cfg = load_recipe(str(path))
     assert train_cfg.steps or train_cfg.epochs or train_cfg.time, f"{path.name} sets no budget"
     assert model_cfg.hidden >= 1
