@@ -34,6 +34,30 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["LMGEN_CORPORA"] = str(found)
 
 
+NO_CUDA = "no CUDA"  # the skip reason of every `gpu` test on a machine without a GPU
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``@pytest.mark.gpu`` tests skip without CUDA; the summary below counts them."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=NO_CUDA)
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    # Counted from the reports, so it also works under pytest-xdist (workers collect, the
+    # controller summarises): an untested CUDA path must be visible in every CI log.
+    skipped = terminalreporter.stats.get("skipped", [])
+    n = sum(1 for r in skipped if isinstance(r.longrepr, tuple) and r.longrepr[2].endswith(NO_CUDA))
+    if n:
+        terminalreporter.write_line(f"{n} GPU tests not run: no CUDA", yellow=True, bold=True)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _lmgen_cache(tmp_path_factory: pytest.TempPathFactory):
     old = os.environ.get("LMGEN_CACHE")
