@@ -57,7 +57,8 @@ def figure(result, kind: str) -> str:
     if kind == "ppl":
         return f"ppl {result.perplexity:.2f}"
     if kind == "bpc":
-        text = f"{result.bits_per_char:.4f} bits/char" if result.bits_per_char else f"{result.bits_per_token:.4f} bits/tok"
+        text = (f"{result.bits_per_char:.4f} bits/char" if result.bits_per_char
+                else f"{result.bits_per_token:.4f} bits/tok")
         if result.bits_per_byte and result.num_bytes != result.chars:
             text += f" ({result.bits_per_byte:.4f} bits/byte)"
         return text

@@ -30,7 +30,8 @@ from torch import nn
 
 from lmgen.config import ModelConfig, TrainConfig, parse_duration
 from lmgen.model import RNNLM, detach_state
-from lmgen.train import make_optimizer, train
+from lmgen.schedule import make_optimizer
+from lmgen.train import train
 
 
 class ExampleStyleLSTM(nn.Module):

@@ -104,7 +104,8 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--bptt", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (lmgen's default, tuned on tinyshakespeare)")
+    p.add_argument("--lr", type=float, default=1e-2,
+                   help="peak learning rate (lmgen's default, tuned on tinyshakespeare)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--max-chars", type=int, default=0, help="cap on held-out characters (0 = all pages)")
     p.add_argument("--no-probe", action="store_true", help="skip the logistic probe (faster)")

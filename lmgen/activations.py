@@ -18,7 +18,8 @@ text, so word and SentencePiece models line up with character predicates too.
 How (fast and exact): each layer is run once with PyTorch's fused kernel, which returns
 h_t for every t. The gates depend only on (x_t, h_{t-1}), so they are recomputed for all
 t at once with two matrix products; only the LSTM cell state needs a loop, and it is
-elementwise (c_t = f_t * c_{t-1} + i_t * g_t), no matrix product inside.
+elementwise (c_t = f_t * c_{t-1} + i_t * g_t), no matrix product inside. The gate maths
+is :mod:`lmgen.cells`' (:func:`~lmgen.cells.sequence_activations`), as the step engines'.
 
     >>> tr = trace(model, tokenizer, "see http://x.org now")     # doctest: +SKIP
     >>> tr.unit(0, "c", 37).shape                                # [T] one value per token
@@ -27,22 +28,18 @@ elementwise (c_t = f_t * c_{t-1} + i_t * g_t), no matrix product inside.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
 import numpy as np
 import torch
-from torch import Tensor
 
+from . import cells
+from .cells import KINDS
 from .errors import ConfigError
 from .model import RNNLM
 from .tokenizer import Tokenizer
-
-KINDS = {"lstm": ("h", "c", "i", "f", "g", "o"), "gru": ("h", "r", "z", "n"), "rnn": ("h",)}
-# Gates squashed by a sigmoid: their natural centre is 0.5, not 0 (colour scales, saturation).
-SIGMOID_KINDS = frozenset("ifozr")
 
 
 @dataclass(frozen=True)
@@ -101,7 +98,8 @@ class Trace:
         if not 0 <= layer < self.num_layers:
             raise ConfigError(f"layer {layer} is out of range: this model has layers 0..{self.num_layers - 1}")
         if kind not in self.layers[layer]:
-            raise ConfigError(f"no activation kind {kind!r} in a {self.cell} trace; choose one of {', '.join(self.kinds)}")
+            raise ConfigError(f"no activation kind {kind!r} in a {self.cell} trace; "
+                              f"choose one of {', '.join(self.kinds)}")
         if not 0 <= index < self.hidden:
             raise ConfigError(f"unit {index} is out of range: layers have units 0..{self.hidden - 1}")
         return Unit(layer, kind, index)
@@ -174,7 +172,7 @@ def token_spans(tokenizer: Tokenizer, text: str, ids: np.ndarray) -> np.ndarray:
         starts = np.arange(T)
         return np.stack([starts, starts + 1], axis=1)
     if tokenizer.kind == "word":
-        from .tokenizer import _WORD_RE
+        from .tokenizer.word import _WORD_RE
 
         spans = np.array([m.span() for m in _WORD_RE.finditer(text)], dtype=np.int64).reshape(-1, 2)
         assert len(spans) == T, (len(spans), T)
@@ -186,7 +184,8 @@ def _spans_by_decoding(tokenizer: Tokenizer, text: str, ids: np.ndarray) -> np.n
     newline = getattr(tokenizer, "newline_id", None)
     spans = np.zeros((len(ids), 2), dtype=np.int64)
     offset, t = 0, 0
-    lines = np.split(np.arange(len(ids)), np.flatnonzero(ids == newline)) if newline is not None else [np.arange(len(ids))]
+    positions_all = np.arange(len(ids))
+    lines = np.split(positions_all, np.flatnonzero(ids == newline)) if newline is not None else [positions_all]
     for n, positions in enumerate(lines):
         if n:  # the newline token itself covers the "\n"
             nl = positions[0]
@@ -203,86 +202,6 @@ def _spans_by_decoding(tokenizer: Tokenizer, text: str, ids: np.ndarray) -> np.n
     if offset != len(text):  # decoding did not reproduce the text (should not happen): stay in range
         spans = np.minimum(spans, len(text))
     return spans
-
-
-def _layer_weights(rnn: torch.nn.Module, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
-    H = w_hh.shape[1]
-    zeros = torch.zeros(w_ih.shape[0], device=w_ih.device, dtype=w_ih.dtype)
-    b_ih = getattr(rnn, f"bias_ih_l{layer}", zeros) if rnn.bias else zeros
-    b_hh = getattr(rnn, f"bias_hh_l{layer}", zeros) if rnn.bias else zeros
-    assert w_hh.shape[0] % H == 0
-    return w_ih, w_hh, b_ih, b_hh
-
-
-def _single_layer(rnn: torch.nn.Module, layer: int) -> torch.nn.Module:
-    """A one-layer copy of layer ``layer`` of a fused nn.LSTM/GRU/RNN (same kernel, same numbers)."""
-    cls = type(rnn)
-    w_ih = getattr(rnn, f"weight_ih_l{layer}")
-    kwargs = {"nonlinearity": rnn.nonlinearity} if isinstance(rnn, torch.nn.RNN) else {}
-    single = cls(w_ih.shape[1], rnn.hidden_size, num_layers=1, bias=rnn.bias, batch_first=True, **kwargs)
-    names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if rnn.bias else [])
-    single.load_state_dict({f"{n}_l0": getattr(rnn, f"{n}_l{layer}").detach() for n in names})
-    return single.to(w_ih.device)
-
-
-def _lstm_gates(x: Tensor, h: Tensor, h0: Tensor, c0: Tensor, weights) -> dict[str, Tensor]:
-    """x [T, E], h [T, H] (outputs of the fused layer), h0 / c0 [H] -> gates, c."""
-    w_ih, w_hh, b_ih, b_hh = weights
-    h_prev = torch.cat([h0[None], h[:-1]])  # [T, H]: the state each step reads
-    pre = x @ w_ih.T + b_ih + h_prev @ w_hh.T + b_hh  # [T, 4H], PyTorch order i, f, g, o
-    i, f, g, o = pre.chunk(4, dim=1)
-    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-    c = _linear_scan(f, i * g, c0)
-    return {"h": h, "c": c, "i": i, "f": f, "g": g, "o": o}
-
-
-def _linear_scan(a: Tensor, b: Tensor, x0: Tensor) -> Tensor:
-    """x_t = a_t * x_{t-1} + b_t for t = 0..T-1 from x_{-1} = x0; a, b [T, H] -> x [T, H].
-
-    The LSTM cell state is such a linear recurrence. A plain loop costs T Python steps;
-    here T is cut into blocks of K ~ sqrt(T) steps::
-
-        1. inside every block at once, from a zero start:  local_t, and P_t = a_1 * ... * a_t
-        2. block by block, the true start of each block:   start_b = local_end + P_end * start_{b-1}
-        3. everywhere at once:                              x_t = local_t + P_t * start_b
-
-    so about 2 sqrt(T) Python steps, each over [T / K, H]; the same sums in another order.
-    """
-    T, H = b.shape
-    K = max(1, int(math.isqrt(T)))
-    nb = -(-T // K)
-    pad = nb * K - T
-    if pad:  # a_t = 1, b_t = 0 past the end: the state just stays
-        a = torch.cat([a, a.new_ones(pad, H)])
-        b = torch.cat([b, b.new_zeros(pad, H)])
-    A, B = a.reshape(nb, K, H), b.reshape(nb, K, H)
-    local, prod = torch.empty_like(B), torch.empty_like(A)
-    acc, run = B.new_zeros(nb, H), A.new_ones(nb, H)
-    for k in range(K):  # step 1
-        acc = torch.addcmul(B[:, k], A[:, k], acc)
-        run = run * A[:, k]
-        local[:, k], prod[:, k] = acc, run
-    starts = torch.empty(nb, H, dtype=b.dtype, device=b.device)
-    start = x0
-    for blk in range(nb):  # step 2
-        starts[blk] = start
-        start = torch.addcmul(local[blk, -1], prod[blk, -1], start)
-    x = torch.addcmul(local, prod, starts[:, None, :])  # step 3
-    return x.reshape(nb * K, H)[:T]
-
-
-def _gru_gates(x: Tensor, h: Tensor, h0: Tensor, weights) -> dict[str, Tensor]:
-    w_ih, w_hh, b_ih, b_hh = weights
-    h_prev = torch.cat([h0[None], h[:-1]])
-    gi = x @ w_ih.T + b_ih  # [T, 3H], PyTorch order r, z, n
-    gh = h_prev @ w_hh.T + b_hh
-    i_r, i_z, i_n = gi.chunk(3, dim=1)
-    h_r, h_z, h_n = gh.chunk(3, dim=1)
-    r = torch.sigmoid(i_r + h_r)
-    z = torch.sigmoid(i_z + h_z)
-    n = torch.tanh(i_n + r * h_n)  # PyTorch applies r after the recurrent product (cuDNN style)
-    return {"h": h, "r": r, "z": z, "n": n}
 
 
 @torch.no_grad()
@@ -336,23 +255,10 @@ def trace(
         tokens = torch.as_tensor(inputs, dtype=torch.long, device=device)[None]  # [1, T']
         x = model.embedding(tokens)[0]  # [T', E]
         rnn = model.rnn
-        H = rnn.hidden_size
         layers = []
         for layer in range(rnn.num_layers):
-            h0 = torch.zeros(H, device=device)
-            single = _single_layer(rnn, layer)
-            if cell == "lstm":
-                out, _ = single(x[None], (h0[None, None], h0[None, None].clone()))
-            else:
-                out, _ = single(x[None], h0[None, None])
-            h = out[0]  # [T', H]
-            weights = _layer_weights(rnn, layer)
-            if cell == "lstm":
-                acts = _lstm_gates(x, h, h0, h0, weights)
-            elif cell == "gru":
-                acts = _gru_gates(x, h, h0, weights)
-            else:
-                acts = {"h": h}
+            h = cells.run_layer(rnn, layer, x)  # [T', H], from the zero state
+            acts = cells.sequence_activations(cell, x, h, cells.layer_weights(rnn, layer))
             skip = 1 if start_with_end else 0  # the [END] step is context, not a token of the text
             layers.append({k: acts[k][skip:].float().cpu().numpy() for k in KINDS[cell] if k in keep})
             x = h  # eval mode: no dropout between layers

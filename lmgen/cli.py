@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .version import __version__
 from .config import ModelConfig, TrainConfig, flag, from_dict, read_recipe, split_settings
 from .errors import ConfigError, LmgenError
+from .version import __version__
 
 # Flags whose long name differs from the field (none today); kept for clarity in one place.
 _MODEL_FIELDS = [f for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"]
@@ -45,7 +45,9 @@ def _add_dataclass_flags(group: argparse._ArgumentGroup, fields: list, defaults:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import saved_config, train
+    from .distributed import fault_injector_from_env
+    from .runs import saved_config
+    from .train import train
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config")}
     overwrite = bool(given.pop("overwrite", False))
@@ -57,7 +59,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved = saved_config(out)
         for name, value in model_given.items():
             if saved["model"].get(name) != value:
-                raise ConfigError(f"{flag(name)} cannot change when resuming (the run has {saved['model'].get(name)!r})")
+                raise ConfigError(f"{flag(name)} cannot change when resuming "
+                                  f"(the run has {saved['model'].get(name)!r})")
         base = dict(saved.get("train") or {})
         base.update(train_given)
         cfg = from_dict(TrainConfig, base)
@@ -65,7 +68,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg = from_dict(TrainConfig, train_given)
         model_cfg = from_dict(ModelConfig, model_given)
-    result = train(cfg, model_cfg, overwrite=overwrite)
+    # on_step: normally None; the distributed tests' $LMGEN_TEST_FAULT reaches the ranks torchrun starts this way.
+    result = train(cfg, model_cfg, overwrite=overwrite, on_step=fault_injector_from_env())
     val = f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""
     best = f" (best {result.best_val_loss:.4f})" if result.best_val_loss is not None else ""
     if os.environ.get("RANK", "0") == "0":  # under torchrun (issue 8), rank 0 speaks for the job
@@ -74,12 +78,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 130 if result.stopped_by == "interrupted" else 0
 
 
+def add_train_parser(sub: Any) -> None:
+    """``lmgen train``: one flag per ModelConfig and TrainConfig field, plus --config and --overwrite."""
+    p = sub.add_parser(
+        "train", help="train a language model", formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="lmgen train [--corpus NAME|PATH] [--cell lstm|gru|rnn] [--steps N | --epochs N | --time 10m] "
+              "[--out DIR] [--resume] [options]",
+        description="Train an RNN / GRU / LSTM language model with truncated BPTT.\n\n"
+                    "Settings come from the defaults below, then --config FILE.toml (same names, with dashes "
+                    "or underscores, optionally under [model] and [train]), then the command line.",
+        epilog="example:\n  lmgen train --corpus tinyshakespeare --time 5m --out checkpoints/shakespeare\n"
+               "  lmgen train --resume --out checkpoints/shakespeare --steps 5000",
+    )
+    p.add_argument("--config", metavar="FILE.toml", default=None, help="read settings from a TOML file")
+    p.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,
+                   help="replace the run already in --out instead of refusing (default: False)")
+    _add_dataclass_flags(p.add_argument_group("model"), _MODEL_FIELDS, ModelConfig())
+    _add_dataclass_flags(p.add_argument_group("training"), _TRAIN_FIELDS, TrainConfig())
+    p.set_defaults(func=cmd_train)
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import load_checkpoint
-    from .sampling import generate, prime, stream_samples
     from .devices import resolve_device
+    from .sampling import generate, prime, stream_samples
 
     config = _generation_config(args)  # bad flags fail before the checkpoint loads
     ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
@@ -185,10 +209,10 @@ def add_sample_parser(sub: Any) -> None:
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-    from . import corpora
+    from . import corpora, tables
 
     if args.action == "list":
-        print(corpora.format_corpus_table())
+        print(tables.format_corpus_table())
     elif args.action == "fetch":
         if not args.name:
             raise ConfigError("lmgen corpus fetch needs a corpus NAME; see `lmgen corpus list`")
@@ -196,16 +220,27 @@ def cmd_corpus(args: argparse.Namespace) -> int:
         print(f"{args.name}: ready in {path}")
     elif args.action == "info":
         corpus = corpora.resolve(args.name, mirror=args.mirror)
-        print(corpora.format_info(corpus))
+        print(tables.format_info(corpus))
     return 0
+
+
+def add_corpus_parser(sub: Any) -> None:
+    p = sub.add_parser("corpus", help="list, fetch or describe corpora", formatter_class=_Formatter,
+                       description="Named corpora come from the mirror folder ($LMGEN_CORPORA), the cache "
+                                   "($LMGEN_CACHE) or a download; any text file or folder is a corpus too.")
+    p.add_argument("action", choices=["list", "fetch", "info"], help="what to do")
+    p.add_argument("name", nargs="?", help="corpus name, or (for info) a text file or folder")
+    p.add_argument("--mirror", help="a local folder laid out like the corpus mirror", default=None)
+    p.add_argument("--dest", help="fetch: where to put the files (default: the cache folder)", default=None)
+    p.set_defaults(func=cmd_corpus)
 
 
 # --- eval (issue 4: lmgen/evaluate.py) --------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
-    from .evaluate import evaluate_checkpoint
     from .devices import resolve_device
+    from .evaluate import evaluate_checkpoint
 
     report = evaluate_checkpoint(
         args.checkpoint, split=args.split, corpus=args.corpus, batch=args.batch, bptt=args.bptt,
@@ -269,8 +304,8 @@ def add_plot_parser(sub: Any) -> None:
 # --- repl (issue 5: lmgen/repl.py) ------------------------------------------------------
 def cmd_repl(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
-    from .repl import run
     from .devices import resolve_device
+    from .repl import run
 
     config = _generation_config(args)
     ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
@@ -320,7 +355,8 @@ def cmd_viz(args: argparse.Namespace) -> int:
         for score in ranking[:10]:
             print(f"  {score}", file=sys.stderr)
         unit, sign = best.unit, best.sign
-        note = f"best unit for /{args.find}/: sign {'+' if sign > 0 else '-'}, AUROC first half {best.auroc_a:.3f}, second half {best.auroc_b:.3f}"
+        note = (f"best unit for /{args.find}/: sign {'+' if sign > 0 else '-'}, "
+                f"AUROC first half {best.auroc_a:.3f}, second half {best.auroc_b:.3f}")
     else:
         unit, sign, note = tr.check_unit(args.layer, args.kind, args.unit), 1, ""
     view = show(tr, unit.layer, unit.kind, unit.index, sign=sign, top_k=args.top_k, note=note)
@@ -334,14 +370,17 @@ def add_viz_parser(sub: Any) -> None:
                        description="Write a standalone HTML page: the text coloured by one unit (layers and units "
                                    "count from 0), with the model's top-k next-token guesses under each position. "
                                    "--find REGEX picks the unit that best separates the regex's matches.",
-                       epilog="example:\n  lmgen viz checkpoints/enwiki --text page.xml --find 'https?://\\S+' --out url.html")
+                       epilog="example:\n"
+                              "  lmgen viz checkpoints/enwiki --text page.xml --find 'https?://\\S+' --out url.html")
     p.add_argument("checkpoint", help="checkpoint folder or run folder (its best/ is used)")
     p.add_argument("--text", required=True, help="UTF-8 text file to run the model over")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--find", metavar="REGEX", default=None, help="rank all units for 'inside a match' and show the best")
+    which.add_argument("--find", metavar="REGEX", default=None,
+                       help="rank all units for 'inside a match' and show the best")
     which.add_argument("--layer", type=int, default=None, help="layer of the unit to show (0-based)")
     p.add_argument("--unit", type=int, default=None, help="index of the unit to show (0-based)")
-    p.add_argument("--kind", default="c", help="activation kind: h, c, i, f, g, o (LSTM); h, r, z, n (GRU); h (RNN)")
+    p.add_argument("--kind", default="c",
+                   help="activation kind: h, c, i, f, g, o (LSTM); h, r, z, n (GRU); h (RNN)")
     p.add_argument("--kinds", default=None, help="--find: only rank these kinds, comma-separated (default: all)")
     p.add_argument("--top-k", type=int, default=5, help="next-token guesses shown under each position")
     p.add_argument("--max-chars", type=int, default=20000, help="use only the first N characters of the text (0 = all)")
@@ -364,39 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("corpus", help="list, fetch or describe corpora", formatter_class=_Formatter,
-                       description="Named corpora come from the mirror folder ($LMGEN_CORPORA), the cache "
-                                   "($LMGEN_CACHE) or a download; any text file or folder is a corpus too.")
-    p.add_argument("action", choices=["list", "fetch", "info"], help="what to do")
-    p.add_argument("name", nargs="?", help="corpus name, or (for info) a text file or folder")
-    p.add_argument("--mirror", help="a local folder laid out like the corpus mirror", default=None)
-    p.add_argument("--dest", help="fetch: where to put the files (default: the cache folder)", default=None)
-    p.set_defaults(func=cmd_corpus)
-
-    p = sub.add_parser(
-        "train", help="train a language model", formatter_class=argparse.RawDescriptionHelpFormatter,
-        usage="lmgen train [--corpus NAME|PATH] [--cell lstm|gru|rnn] [--steps N | --epochs N | --time 10m] "
-              "[--out DIR] [--resume] [options]",
-        description="Train an RNN / GRU / LSTM language model with truncated BPTT.\n\n"
-                    "Settings come from the defaults below, then --config FILE.toml (same names, with dashes "
-                    "or underscores, optionally under [model] and [train]), then the command line.",
-        epilog="example:\n  lmgen train --corpus tinyshakespeare --time 5m --out checkpoints/shakespeare\n"
-               "  lmgen train --resume --out checkpoints/shakespeare --steps 5000",
-    )
-    p.add_argument("--config", metavar="FILE.toml", default=None, help="read settings from a TOML file")
-    p.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,
-                   help="replace the run already in --out instead of refusing (default: False)")
-    _add_dataclass_flags(p.add_argument_group("model"), _MODEL_FIELDS, ModelConfig())
-    _add_dataclass_flags(p.add_argument_group("training"), _TRAIN_FIELDS, TrainConfig())
-    p.set_defaults(func=cmd_train)
-
+    add_corpus_parser(sub)
+    add_train_parser(sub)
     add_sample_parser(sub)
-
     add_eval_parser(sub)
     add_plot_parser(sub)
     add_viz_parser(sub)
     add_repl_parser(sub)
-    # add_eval_parser(sub); add_plot_parser(sub); add_repl_parser(sub); add_viz_parser(sub)
     return parser
 
 
@@ -432,8 +445,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Out of memory (CPU allocator, CUDA OOM): a sizing problem the user can fix, not a bug.
         if not isinstance(exc, MemoryError) and "alloc" not in str(exc) and "out of memory" not in str(exc):
             raise
-        print("lmgen: error: out of memory: " + str(exc).splitlines()[0][:200]
-              + "; lower --batch, --bptt, --hidden, --embed or --layers", file=sys.stderr)
+        # An empty MemoryError has no message: this handler must never raise itself.
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        print(f"lmgen: error: out of memory: {detail}; lower --batch, --bptt, --hidden, --embed or --layers",
+              file=sys.stderr)
         return 1
     except BrokenPipeError:  # e.g. `lmgen sample ... | head`
         return 0

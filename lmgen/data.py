@@ -4,7 +4,10 @@ A corpus split is encoded once, streamed piece by piece, into a flat file of tok
 (uint16 when the vocabulary fits, else uint32) that is opened as a read-only
 ``numpy.memmap``: it is never held as a Python list, and a corpus larger than memory
 works. Files are cached under ``$LMGEN_CACHE/tokens`` keyed by the corpus fingerprint,
-the split and the tokenizer, so the second run starts at once.
+the split and the tokenizer, so the second run starts at once. The fingerprint hashes the
+corpus files' own content (registry files are verified against the registry's sha256 when
+resolved), and an entry is kept only if no file changed while it was encoded: an altered
+copy of a corpus can never be stored under the key of the real one.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ def prepare_tokenizer(corpus: corpora.Corpus, kind: str, **options: object) -> T
             pass  # a damaged cache entry is rebuilt below
     texts = (text for text, _ in corpus.pieces("train"))
     tokenizer = build_tokenizer(kind, texts, **options)
+    corpus.check_unchanged()  # trained on the text the key names, or not cached
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
     tokenizer.save(tmp)
@@ -122,6 +126,7 @@ def encode_split(corpus: corpora.Corpus, tokenizer: Tokenizer, split: str, *, pr
             os.fsync(out.fileno())
         meta = {"format": CACHE_FORMAT, "dtype": dtype.name, "tokens": count, "chars": chars,
                 "documents": documents, "unknown": unknown}
+        corpus.check_unchanged()  # the tokens are of the text the key names, or not cached
         os.replace(tmp_name, path)
         meta_path.write_text(json.dumps(meta))
     finally:

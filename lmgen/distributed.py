@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -41,6 +43,7 @@ import torch
 from .errors import ConfigError, LmgenError
 
 TIMEOUT_ENV = "LMGEN_DIST_TIMEOUT"
+FAULT_ENV = "LMGEN_TEST_FAULT"  # test hook: see fault_injector_from_env
 DEFAULT_TIMEOUT = 1800.0  # seconds; long enough for rank 0 to encode a large corpus while the others wait
 
 
@@ -79,6 +82,7 @@ class World:
 
     @classmethod
     def single(cls) -> "World":
+        """One process on its own: every collective below is then the identity."""
         return cls()
 
     @property
@@ -88,7 +92,21 @@ class World:
 
     @property
     def distributed(self) -> bool:
+        """More than one rank: the collectives below talk to the others."""
         return self.size > 1
+
+    def parallel(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module the training step calls: ``model`` in DistributedDataParallel across ranks, itself alone.
+
+        DDP broadcasts rank 0's weights now, then averages the gradients over ranks during
+        every backward pass, so that all ranks take the same optimiser step.
+        """
+        if not self.distributed:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        assert self.device is not None, "init() sets the device of every rank"
+        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def share(self, batch: int) -> slice:
         """The streams of a global batch of ``batch`` that this rank owns (contiguous)."""
@@ -141,9 +159,12 @@ class World:
         return torch.cat(parts, dim=1)
 
     def split_state(self, state: Any, batch: int) -> Any:
-        """This rank's share of a global state [L, B, H] -> [L, B/W, H] (inverse of :meth:`gather_state`)."""
-        if state is None:
-            return None
+        """This rank's share of a global state [L, B, H] -> [L, B/W, H] (inverse of :meth:`gather_state`).
+
+        One process keeps the whole state, as it is.
+        """
+        if not self.distributed or state is None:
+            return state
         if isinstance(state, tuple):
             return tuple(self.split_state(s, batch) for s in state)
         if state.shape[1] != batch:
@@ -164,6 +185,7 @@ class World:
         return out
 
     def barrier(self) -> None:
+        """Wait until every rank gets here."""
         if self.distributed:
             import torch.distributed as dist
 
@@ -270,3 +292,31 @@ def shared_stream_loss(
                                share=(world.rank, world.size))
     total, count_f = world.sum([total, float(count)])
     return total, int(count_f)
+
+
+def fault_injector_from_env() -> Callable[[int], None] | None:
+    """Test hook: the ``on_step`` callback of :func:`lmgen.train.train` that ``$LMGEN_TEST_FAULT`` asks for.
+
+    ``die:RANK:STEP`` makes rank RANK exit (code 17) when it reaches step STEP;
+    ``hang:RANK:STEP`` makes it stop answering there. None when the variable is unset (always,
+    outside the tests) or names another rank. The tests start ranks through torchrun, so
+    they cannot hand ``train()`` a callback themselves: ``lmgen train`` asks here.
+    """
+    spec = os.environ.get(FAULT_ENV, "")
+    if not spec:
+        return None
+    kind, rank, at = spec.split(":")
+    if int(rank) != (int(os.environ["RANK"]) if launched() else 0):
+        return None
+
+    def inject(step: int) -> None:
+        if step != int(at):
+            return
+        if kind == "die":
+            os._exit(17)
+        # "hang": the other ranks must give up on us after $LMGEN_DIST_TIMEOUT. A rank stuck
+        # in C++ ignores torchrun's SIGTERM and is killed 30 s later; a test need not wait that.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        time.sleep(3600)
+
+    return inject

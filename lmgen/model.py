@@ -2,7 +2,8 @@
 
 The hidden state is explicit: ``logits, state = model(tokens, state)``. Truncated BPTT
 carries ``state`` from one window to the next and cuts the graph with
-:func:`detach_state`; generation feeds one token at a time with the same call.
+:func:`detach_state`; generation feeds one token at a time with the same call. The
+recurrent layers (weight layout, gate order) are :mod:`lmgen.cells`'.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
+from . import cells
 from .config import ModelConfig
 
 # LSTM state is (h, c), each [L, B, H]; GRU and tanh-RNN state is h, [L, B, H].
 State = Union[Tensor, tuple[Tensor, Tensor]]
-
-_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
 class RNNLM(nn.Module):
@@ -35,15 +35,8 @@ class RNNLM(nn.Module):
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.embed)
         self.drop = nn.Dropout(config.dropout)
-        kwargs = {"nonlinearity": "tanh"} if config.cell == "rnn" else {}
-        self.rnn = _CELLS[config.cell](
-            config.embed,
-            config.hidden,
-            num_layers=config.layers,
-            dropout=config.dropout if config.layers > 1 else 0.0,
-            batch_first=True,
-            **kwargs,
-        )
+        self.rnn = cells.build(config.cell, config.embed, config.hidden, config.layers,
+                               dropout=config.dropout if config.layers > 1 else 0.0)
         self.decoder = nn.Linear(config.hidden, config.vocab_size)
         if config.tie:
             # Press & Wolf 2017 / Inan et al. 2017: one matrix for input and output words.
@@ -68,14 +61,7 @@ class RNNLM(nn.Module):
         self.rnn.reset_parameters()
         if self.config.cell == "lstm":
             # Forget-gate bias 1 (Gers et al. 2000; Jozefowicz et al. 2015): remember by default.
-            H = self.config.hidden
-            for name, param in self.rnn.named_parameters():
-                if name.startswith("bias_ih"):
-                    with torch.no_grad():
-                        param[H : 2 * H].fill_(1.0)
-                elif name.startswith("bias_hh"):
-                    with torch.no_grad():
-                        param[H : 2 * H].fill_(0.0)
+            cells.set_forget_bias(self.rnn, 1.0)
 
     def init_state(self, batch: int, device: torch.device | str | None = None) -> State:
         """The zero state for ``batch`` streams: where every document stream starts."""
@@ -190,3 +176,39 @@ def select_state(state: State, index: Tensor) -> State:
     if isinstance(state, tuple):
         return tuple(s.index_select(1, index) for s in state)  # type: ignore[return-value]
     return state.index_select(1, index)
+
+
+def estimate_parameters(cfg: ModelConfig) -> int:
+    """Parameter count of the model ``cfg`` describes, without building it.
+
+    Closed form for the recurrent cells (a meta-device build of ``--layers 10000000``
+    would itself take minutes); other models are built on the meta device (nothing allocated).
+
+    >>> estimate_parameters(ModelConfig(vocab_size=10, embed=8, hidden=16, layers=1, tie=False))
+    1914
+    """
+    if cfg.cell not in cells.GATES:
+        with torch.device("meta"):
+            return build_model(cfg).num_parameters()
+    G, V, E, H, L = len(cells.GATES[cfg.cell]), cfg.vocab_size, cfg.embed, cfg.hidden, cfg.layers
+    # Layer 0 reads E inputs, the others H; each gate has W_ih, W_hh, b_ih, b_hh.
+    recurrent = G * H * (E + H + 2) + (L - 1) * G * H * (2 * H + 2)
+    return V * E + recurrent + (0 if cfg.tie else H * V) + V
+
+
+def estimate_activation_bytes(cfg: ModelConfig, batch: int, bptt: int) -> int:
+    """Bytes one training step of B streams x T tokens allocates on the CPU besides the weights (an estimate).
+
+    The embedding output and its gradient, [B, T, E] twice; logits, softmax and their
+    gradient, [B, T, V] three times; and per recurrent layer the fused kernel's workspace.
+    On CPU PyTorch runs an LSTM layer through oneDNN, whose workspace holds every step's
+    input and states at the width of the layer's input or H, whichever is larger:
+    (T+1) x B x (6 max(I, H) + 8 H) floats for a layer of I inputs (measured with torch's
+    profiler: 31 GB at once for --embed 10000000, B=2, T=64). GRU and tanh-RNN layers keep
+    less; the same bound serves them.
+    """
+    B, T, V, E, H, L = batch, bptt, cfg.vocab_size, cfg.embed, cfg.hidden, cfg.layers
+    if cfg.cell not in cells.GATES:  # the window model: [B, T, W*E] inputs, [B, T, H] per layer
+        return 4 * B * T * (2 * cfg.window * E + 2 * L * H + 3 * V)
+    workspace = (T + 1) * B * ((6 * max(E, H) + 8 * H) + (L - 1) * 14 * H)
+    return 4 * (B * T * (2 * E + 3 * V) + workspace)

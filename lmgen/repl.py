@@ -1,4 +1,4 @@
-"""``lmgen repl``: the interactive loop. I/O only; the logic is :class:`lmgen.sampling.Session`.
+"""``lmgen repl``: the interactive loop. I/O only; the logic is :class:`lmgen.sampling.session.Session`.
 
 Line editing and history come from ``readline`` (history in ``$LMGEN_CACHE/repl_history``
 when that is set, else ``~/.lmgen_history``). Ctrl-C stops a generation (or clears the
@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .cache import CACHE_ENV, cache_folder
+from .config import GenerationConfig
 from .errors import LmgenError
-from .sampling import REPL_HELP, GenerationConfig, Session
+from .sampling.session import REPL_HELP, Session
 
 PROMPT = "lmgen> "
 

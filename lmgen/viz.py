@@ -1,5 +1,5 @@
 """Showing what a unit does: coloured text (HTML), heatmaps, histograms, gate saturation,
-and the vanishing-gradient view.
+and the vanishing-gradient view (its numbers come from :mod:`lmgen.gradients`).
 
 The classic figure (Karpathy, Johnson & Fei-Fei 2015): every character of the text
 coloured by one unit's value after reading it, and under it the model's top guesses for
@@ -26,15 +26,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .activations import SIGMOID_KINDS, Trace, Unit
+from .activations import Trace, Unit
+from .cells import SIGMOID_KINDS
 from .errors import ConfigError
+from .gradients import gradient_norms, vanishing_gradient_norms  # noqa: F401 (lmgen.viz.gradient_norms stays)
 
 # Above this many tokens the top-k guesses go into the hover text only (page size).
 ROWS_LIMIT = 4000
 
 _CSS = """
 .lmgen-viz { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 13px; line-height: 1.2; }
-.lmgen-viz .tok { display: inline-block; vertical-align: top; text-align: center; min-width: 0.65em; margin: 0 0 4px 0; }
+.lmgen-viz .tok { display: inline-block; vertical-align: top; text-align: center; min-width: 0.65em;
+                  margin: 0 0 4px 0; }
 .lmgen-viz .ch { display: block; padding: 1px 0; white-space: pre; }
 .lmgen-viz .pr { display: block; font-size: 10px; color: #222; white-space: pre; }
 .lmgen-viz .gap { white-space: pre; vertical-align: top; }
@@ -250,7 +253,8 @@ def histogram(trace: Trace, unit: Unit, char_mask: np.ndarray, *, bins: int = 50
     return fig
 
 
-def saturation(trace: Trace, low: float = 0.1, high: float = 0.9) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]:
+def saturation(trace: Trace, low: float = 0.1,
+               high: float = 0.9) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]:
     """For every layer and sigmoid gate: the fraction of steps each unit is left-saturated
     (< ``low``) and right-saturated (> ``high``), two arrays [H]."""
     out = {}
@@ -286,89 +290,17 @@ def gate_saturation(trace: Trace, low: float = 0.1, high: float = 0.9):
     return fig
 
 
-def gradient_norms(model, tokens, *, layer: int | None = None) -> np.ndarray:
-    """||d loss_T / d h_{T-k}|| for k = 0..T-1, averaged over the batch.
-
-    ``tokens`` [B, T+1] (inputs then the last target); loss_T is the cross-entropy of the
-    last prediction only; h is the hidden state of ``layer`` (default: the last). The
-    model is stepped one token at a time so that every h_t is a tensor of its own.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    tokens = torch.as_tensor(tokens, dtype=torch.long)
-    T = tokens.shape[1] - 1  # tokens [B, T + 1]
-    if T < 1:
-        raise ConfigError("gradient_norms needs at least 2 tokens per row")
-    L = model.config.layers
-    layer = L - 1 if layer is None else layer
-    if not 0 <= layer < L:
-        raise ConfigError(f"layer {layer} is out of range: this model has layers 0..{L - 1}")
-    from .activations import _single_layer
-
-    was_training = model.training
-    model.eval()
-    try:
-        # One single-layer copy per layer, stepped by hand, and each layer's next input
-        # and next state taken from the *same* tensor h: then h.grad holds every path
-        # (upwards through the layers and forwards in time), not only some of them.
-        cells = [_single_layer(model.rnn, lay) for lay in range(L)]
-        inp_all = model.embedding(tokens[:, :-1])  # [B, T, E]
-        states = [None] * L
-        hs = []  # hs[t]: h of `layer` after step t, [1, B, H]
-        for t in range(T):
-            inp = inp_all[:, t : t + 1]
-            for lay, cell in enumerate(cells):
-                _, st = cell(inp, states[lay])
-                h = st[0] if isinstance(st, tuple) else st  # [1, B, H]
-                h.retain_grad()
-                if lay == layer:
-                    hs.append(h)
-                states[lay] = st
-                inp = h.transpose(0, 1)  # [B, 1, H]
-        loss = F.cross_entropy(model.decoder(inp[:, 0]), tokens[:, -1])
-        loss.backward()
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
-    norms = [hs[T - 1 - k].grad[0].norm(dim=-1).mean().item() for k in range(T)]
-    return np.array(norms)
-
-
-def vanishing_gradients(
-    cells: Sequence[str] = ("rnn", "gru", "lstm"),
-    *,
-    steps: int = 60,
-    hidden: int = 64,
-    vocab: int = 30,
-    batch: int = 16,
-    seed: int = 0,
-    models: dict | None = None,
-    ax: Any = None,
-):
+def vanishing_gradients(cells: Sequence[str] = ("rnn", "gru", "lstm"), *, ax: Any = None, **options: Any):
     """Plot ||d loss_t / d h_{t-k}|| against k (log scale) for a tanh RNN, a GRU and an
     LSTM: the RNN's gradient shrinks geometrically, the gated cells' far less.
 
+    The numbers are :func:`lmgen.gradients.vanishing_gradient_norms`', with its keyword
+    ``options``: ``steps=60``, ``hidden=64``, ``vocab=30``, ``batch=16``, ``seed=0``.
     Default: freshly initialised models (lmgen's init: LSTM forget bias 1) on random
     tokens; pass ``models={"name": model}`` (e.g. briefly trained ones) and they are used
     instead. Returns ``(figure, {name: norms [steps]})``.
     """
-    import torch
-
-    from .config import ModelConfig
-    from .model import RNNLM
-
-    gen = torch.Generator().manual_seed(seed)
-    if models is None:
-        models = {}
-        for cell in cells:
-            torch.manual_seed(seed)
-            models[cell] = RNNLM(ModelConfig(cell=cell, vocab_size=vocab, embed=32, hidden=hidden))
-    results = {}
-    for name, model in models.items():
-        V = model.config.vocab_size
-        tokens = torch.randint(2, V, (batch, steps + 1), generator=gen)
-        results[name] = gradient_norms(model, tokens)
+    results = vanishing_gradient_norms(cells, **options)
     fig, ax = _axes(ax, figsize=(6, 3.5))
     for name, norms in results.items():
         ax.semilogy(np.arange(len(norms)), np.maximum(norms, 1e-30), label=name)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lmgen.activations import KINDS, _linear_scan, regex_mask, token_spans, trace
+from lmgen.activations import KINDS, regex_mask, token_spans, trace
+from lmgen.cells import _linear_scan
 from lmgen.config import ModelConfig
 from lmgen.errors import ConfigError
 from lmgen.model import RNNLM
@@ -20,7 +21,7 @@ def _model(cell: str, vocab: int, layers: int = 2, hidden: int = 12, seed: int =
     model = RNNLM(ModelConfig(cell=cell, vocab_size=vocab, embed=7, hidden=hidden, layers=layers))
     # Larger recurrent weights than the init, so gates leave their linear range.
     with torch.no_grad():
-        for name, p in model.rnn.named_parameters():
+        for p in model.rnn.parameters():
             p.mul_(3.0)
     return model
 

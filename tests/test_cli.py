@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lmgen.config import ModelConfig, TrainConfig, flag
 from lmgen.cli import _MODEL_FIELDS, _TRAIN_FIELDS
+from lmgen.config import ModelConfig, TrainConfig, flag
 
 
 def lmgen(*args, check=True, timeout=300, cwd=None):
@@ -24,7 +24,7 @@ def test_train_help_documents_every_flag_with_its_default():
     out = lmgen("train", "--help").stdout
     for f in _MODEL_FIELDS + _TRAIN_FIELDS:
         assert flag(f.name) in out, f.name
-    for name, value in (("hidden", ModelConfig.hidden), ("bptt", TrainConfig.bptt), ("lr", TrainConfig.lr)):
+    for value in (ModelConfig.hidden, TrainConfig.bptt, TrainConfig.lr):
         assert f"(default: {value!r})" in out
 
 

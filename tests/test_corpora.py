@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lmgen import corpora
-from lmgen.corpora import Corpus, CorpusSpec, RemoteFile
+from lmgen import corpora, tables
+from lmgen.corpora import Corpus, CorpusSpec, RemoteFile, download, reading
+from lmgen.corpora import corpus as corpus_module
 from lmgen.errors import CorpusError
 
 MiB = 1 << 20
@@ -37,7 +38,7 @@ def test_registry_checksums_and_sizes_match_the_mirror(mirror):
             if not path.is_file():
                 continue  # enwik8 is not in the mirror
             assert path.stat().st_size == f.size, path
-            assert corpora._sha256(path) == f.sha256, path
+            assert reading.sha256_file(path) == f.sha256, path
             checked += 1
     assert checked == 13  # every corpus file of SOURCES.md (FILES.txt is not corpus text)
 
@@ -54,7 +55,7 @@ def test_registry_urls_are_pinned_and_https():
 
 def test_corpus_table_shows_where_each_corpus_is(mirror, monkeypatch):
     monkeypatch.setenv(corpora.MIRROR_ENV, str(mirror))
-    rows = {line.split()[0]: line for line in corpora.format_corpus_table().splitlines()[1:-1]}
+    rows = {line.split()[0]: line for line in tables.format_corpus_table().splitlines()[1:-1]}
     assert list(rows) == list(corpora.REGISTRY)
     assert "builtin" in rows["python-stdlib"] and "mirror" in rows["ptb"]
     assert "missing" in rows["enwik8"] and "bytes 90M/5M/5M" in rows["enwik8"]
@@ -109,7 +110,7 @@ def test_war_and_peace_bom_dropped_crlf_normalised_pieces_bounded(mirror):
     expected = raw.decode("utf-8-sig").replace("\r\n", "\n")
     corpus = corpora.resolve("war-and-peace")
     got = []
-    with mock.patch.object(corpora, "CHUNK_BYTES", 256 * 1024):  # several pieces per split
+    with mock.patch.object(reading, "CHUNK_BYTES", 256 * 1024):  # several pieces per split
         for split in corpus.splits:
             pieces = list(corpus.pieces(split))
             assert len(pieces) > 1
@@ -142,8 +143,8 @@ def test_a_byte_boundary_inside_a_character_moves_to_the_next_one(tmp_path):
 def test_fingerprint_is_stable_cheap_and_tracks_content(mirror, tmp_path):
     a, b = corpora.resolve("ptb"), corpora.resolve("ptb")
     assert a.fingerprint == b.fingerprint != corpora.resolve("ptb-char").fingerprint
-    with mock.patch.object(corpora, "_sha256", side_effect=AssertionError("re-hashed")):
-        corpora.resolve("wikitext-2").fingerprint  # registry sha256s, no file read
+    with mock.patch.object(corpus_module, "sha256_file", side_effect=AssertionError("re-hashed")):
+        _ = corpora.resolve("wikitext-2").fingerprint  # registry sha256s, no file read
     path = tmp_path / "t.txt"
     path.write_text("hello world\n" * 100)
     first = corpora.resolve(path).fingerprint
@@ -186,7 +187,7 @@ def test_a_text_file_is_one_document_split_90_5_5(tmp_path):
     assert parts == [text[: int(n * 0.9)], text[int(n * 0.9) : int(n * 0.95)], text[int(n * 0.95) :]]
     info = corpus.info()
     assert info["splits"]["valid"]["chars"] == len(parts[1]) and info["splits"]["test"]["documents"] == 1
-    assert "notes.txt" in corpora.format_info(corpus)
+    assert "notes.txt" in tables.format_info(corpus)
 
 
 def test_a_folder_is_one_document_per_text_file(tmp_path):
@@ -250,9 +251,9 @@ def test_bad_utf8_names_file_and_offset_and_replace_works(tmp_path):
         [corpus.text(s) for s in corpus.splits]
     message = str(err.value)
     assert str(path) in message and f"byte offset {offset}" in message and "errors='replace'" in message
-    with mock.patch.object(corpora, "CHUNK_BYTES", 7):  # the bad byte far from the chunk start
+    with mock.patch.object(reading, "CHUNK_BYTES", 7):  # the bad byte far from the chunk start
         with pytest.raises(CorpusError, match=f"byte offset {offset}"):
-            list(corpora._read_text(path))
+            list(reading.read_text(path))
     replaced = corpora.resolve(path, errors="replace")
     assert "".join(replaced.text(s) for s in replaced.splits).endswith("caf\ufffd au lait\n")
     with pytest.raises(CorpusError, match="errors must be one of"):
@@ -309,8 +310,8 @@ def test_pieces_equal_the_reference_for_any_chunk_size(tmp_path, text, bom, chun
         "line": _reference_lines(norm),
         "blank": _reference_paragraphs(norm),
     }[separator]
-    with mock.patch.object(corpora, "CHUNK_BYTES", chunk):
-        pieces = list(corpora._stream([(path, 0, path.stat().st_size)], separator, "strict"))
+    with mock.patch.object(reading, "CHUNK_BYTES", chunk):
+        pieces = list(reading.stream([(path, 0, path.stat().st_size)], separator, "strict"))
         docs, buf = [], []
         # pieces stay near the chunk size; only a run of spaces inside a line can stretch one
         spaces = max((len(r) for r in norm.replace("\n", "x").split("x") if r.isspace()), default=0)
@@ -340,8 +341,8 @@ def test_pieces_equal_the_reference_for_any_chunk_size(tmp_path, text, bom, chun
 def test_a_line_longer_than_a_piece_is_cut_and_rejoined(tmp_path):
     path = tmp_path / "long.txt"
     path.write_text("short\n" + "x" * 2500 + "\nend\n")
-    with mock.patch.object(corpora, "CHUNK_BYTES", 1000):
-        pieces = list(corpora._stream([(path, 0, path.stat().st_size)], "line", "strict"))
+    with mock.patch.object(reading, "CHUNK_BYTES", 1000):
+        pieces = list(reading.stream([(path, 0, path.stat().st_size)], "line", "strict"))
     assert pieces[0] == ("short", True) and pieces[-1] == ("end", True)
     middle = pieces[1:-1]
     assert len(middle) >= 3 and all(len(t) <= 2100 for t, _ in middle)
@@ -465,7 +466,7 @@ def test_fetch_interrupted_by_ctrl_c_leaves_nothing(server, tmp_path, monkeypatc
     def interrupt(self, done, total):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(corpora._Progress, "update", interrupt)
+    monkeypatch.setattr(download._Progress, "update", interrupt)
     with pytest.raises(KeyboardInterrupt):
         corpora.fetch(spec, dest=tmp_path, progress=False)
     assert _leftovers(tmp_path / "test-corpus") == []
@@ -500,7 +501,7 @@ def test_resolve_missing_corpus_says_fetch_then_downloads_into_the_cache(server,
     server.routes = {"/plain.txt": TEXT}
     spec = _spec(RemoteFile("plain.txt", server.url("/plain.txt"), sha(TEXT), len(TEXT)))
     monkeypatch.setitem(corpora.REGISTRY, spec.name, spec)
-    assert "test-corpus" in corpora.format_corpus_table()
+    assert "test-corpus" in tables.format_corpus_table()
     with pytest.raises(CorpusError, match="lmgen corpus fetch test-corpus"):
         corpora.resolve("test-corpus")
     corpus = corpora.resolve("test-corpus", download=True)

@@ -110,7 +110,7 @@ def test_select_state_picks_batch_rows():
 @pytest.mark.parametrize("cell", CELLS + ["window"])
 @pytest.mark.parametrize("tie", [False, True])
 def test_parameter_estimate_equals_the_built_model(cell, tie):
-    from lmgen.train import estimate_parameters
+    from lmgen.model import estimate_parameters
 
     cfg = ModelConfig(cell=cell, vocab_size=37, embed=16 if tie else 12, hidden=16, layers=3, tie=tie)
     assert estimate_parameters(cfg) == build_model(cfg).num_parameters()

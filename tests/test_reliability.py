@@ -57,7 +57,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tiny_corpus, tmp
     out, rng, kills = tmp_path / "killed", random.Random(0), 0
     proc = spawn("--corpus", tiny_corpus, "--steps", steps, "--out", out, *RUN)
     while kills < 3:
-        assert wait_for(lambda: (out / "last").exists() or proc.poll() is not None)
+        assert wait_for(lambda p=proc: (out / "last").exists() or p.poll() is not None)
         time.sleep(rng.uniform(0.05, 0.6))
         if proc.poll() is not None:
             break

@@ -19,7 +19,6 @@ from lmgen.model import RNNLM
 from lmgen.sampling import (
     GenerationConfig,
     Recurrence,
-    TextDecoder,
     beam_search,
     choose_tokens,
     config_from_flags,
@@ -30,7 +29,7 @@ from lmgen.sampling import (
     stream,
     stream_samples,
 )
-from lmgen.tokenizer import build_tokenizer
+from lmgen.tokenizer import TextDecoder, build_tokenizer
 
 TEXT = "the cat sat on the mat.\nA dog, a log!\n"
 
@@ -184,7 +183,7 @@ def test_float16_step_equals_the_model_with_rounded_weights(cell, layers, table,
 def test_packed_linear_is_the_rounded_product_with_one_or_several_threads():
     """One row goes through ATen's single-threaded call, several rows on several threads
     through the quantized op: the same bits either way, the product of the rounded weight."""
-    from lmgen.sampling import _PackedLinear
+    from lmgen.sampling.recurrence import _PackedLinear
 
     gen = torch.Generator().manual_seed(0)
     weight, bias = torch.randn(300, 70, generator=gen), torch.randn(300, generator=gen)
@@ -368,7 +367,10 @@ def test_samples_stop_each_at_their_own_end_and_match_one_by_one(tok):
 def test_same_seed_same_text_and_another_seed_another(tok):
     model = tiny_model(tok.vocab_size, sharp=3.0)
     config = GenerationConfig(max_new_tokens=60, num_return_sequences=3, min_new_tokens=60)
-    run = lambda seed: [s.text for s in generate(model, tok, "a", config, generator=torch.Generator().manual_seed(seed))]  # noqa: E731
+
+    def run(seed):
+        return [s.text for s in generate(model, tok, "a", config, generator=torch.Generator().manual_seed(seed))]
+
     assert run(7) == run(7)
     assert run(7) != run(8)
 
@@ -602,7 +604,7 @@ def test_generators_are_per_sample():
     assert [torch.rand(1, generator=g).item() for g in a] == [torch.rand(1, generator=g).item() for g in b]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_cuda_matches_cpu(tok):
     model = tiny_model(tok.vocab_size, seed=6)
     config = GenerationConfig(do_sample=False, max_new_tokens=30)

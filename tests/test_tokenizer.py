@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import importlib
 import json
 import os
 import pickle
@@ -16,7 +17,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import lmgen.tokenizer
 from lmgen.errors import TokenizerError
 from lmgen.tokenizer import (
     END,
@@ -71,8 +71,9 @@ def normalise_words(text: str) -> str:
     return "\n".join(" ".join(line.split()) for line in text.split("\n"))
 
 
-def test_module_doctests():
-    assert doctest.testmod(lmgen.tokenizer).failed == 0
+@pytest.mark.parametrize("module", ["", ".base", ".char", ".word", ".spm", ".decoder"])
+def test_module_doctests(module):
+    assert doctest.testmod(importlib.import_module("lmgen.tokenizer" + module)).failed == 0
 
 
 # -- char ----------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from lmgen.checkpoint import load_checkpoint, load_train_state
 from lmgen.config import ModelConfig, TrainConfig
 from lmgen.errors import ConfigError
-from lmgen.train import Schedule, train
+from lmgen.schedule import Schedule
+from lmgen.train import train
 
 QUIET = dict(progress=False)
 SMALL = ModelConfig(embed=8, hidden=16, layers=2, dropout=0.1)

@@ -15,8 +15,17 @@ from lmgen.cli import main
 from lmgen.config import ModelConfig
 from lmgen.errors import ConfigError
 from lmgen.model import RNNLM
-from lmgen.probe import (URL_REGEX, WIKILINK_REGEX, auroc, average_ranks, logistic_probe, long_runs, rank_units,
-                         run_length, score_feature)
+from lmgen.probe import (
+    URL_REGEX,
+    WIKILINK_REGEX,
+    auroc,
+    average_ranks,
+    logistic_probe,
+    long_runs,
+    rank_units,
+    run_length,
+    score_feature,
+)
 from lmgen.tokenizer import build_tokenizer
 
 matplotlib = pytest.importorskip("matplotlib")

@@ -1,0 +1,232 @@
+"""The recurrent cells (LSTM, GRU, tanh RNN) in one place: weight layout, gate order, step maths.
+
+The model trains and primes with PyTorch's fused ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``,
+built here (:func:`build`). Everything that computes a cell outside that fused call, the
+sampling step engines (:mod:`lmgen.sampling.recurrence`), :func:`lmgen.activations.trace`
+and the gradient view (:mod:`lmgen.gradients`), reads the weights and does the maths
+through this module. A change to a cell (weight drop, a unit clamped in every forward
+path, a new dropout) is then made here once.
+
+Layer l of a fused module, in PyTorch's layout (G gate blocks of H rows each)::
+
+    weight_ih_l{l}  [G*H, E]  (deeper layers [G*H, H])      bias_ih_l{l}  [G*H]
+    weight_hh_l{l}  [G*H, H]                                 bias_hh_l{l}  [G*H]
+
+    cell  G  blocks in row order   one step, with a = x W_ih^T + b_ih and b = h W_hh^T + b_hh
+    lstm  4  i f g o               i f o = sigmoid(a + b), g = tanh(a + b); c' = f c + i g; h' = o tanh(c')
+    gru   3  r z n                 r z = sigmoid(a + b); n = tanh(a_n + r b_n); h' = (1 - z) n + z h
+    rnn   1  (one block)           h' = tanh(a + b)
+
+A GRU's b_hn sits inside ``r * (...)``, so its two biases cannot be summed into one; an
+LSTM's and an RNN's can (:func:`split_bias`).
+
+>>> rnn = build("gru", input_size=4, hidden=3, layers=1)
+>>> [tuple(w.shape) for w in layer_weights(rnn, 0)]
+[(9, 4), (9, 3), (9,), (9,)]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import torch
+from torch import Tensor, nn
+
+# What trace records per step, state first: the cell's state, then its gates.
+KINDS = {"lstm": ("h", "c", "i", "f", "g", "o"), "gru": ("h", "r", "z", "n"), "rnn": ("h",)}
+# Gates squashed by a sigmoid: their natural centre is 0.5, not 0 (colour scales, saturation).
+SIGMOID_KINDS = frozenset("ifozr")
+# The blocks of a layer's weight rows, in PyTorch's order.
+GATES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n"), "rnn": ("h",)}
+MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+# ATen's fused one-step kernels (their arithmetic is nn.LSTM's / nn.GRU's / nn.RNN's).
+_ATEN_STEPS = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn": torch.rnn_tanh_cell}
+
+Weights = tuple[Tensor, Tensor, Tensor, Tensor]  # w_ih [G*H, E], w_hh [G*H, H], b_ih [G*H], b_hh [G*H]
+# One layer's state: LSTM (h, c), each [B, H]; GRU and RNN h [B, H].
+LayerState = Union[Tensor, tuple[Tensor, Tensor]]
+
+
+# -- layout ----------------------------------------------------------------------------
+
+
+def build(cell: str, input_size: int, hidden: int, layers: int, dropout: float = 0.0) -> nn.RNNBase:
+    """The fused module of ``layers`` stacked cells (batch first), as the model uses it."""
+    kwargs = {"nonlinearity": "tanh"} if cell == "rnn" else {}
+    return MODULES[cell](input_size, hidden, num_layers=layers, dropout=dropout, batch_first=True, **kwargs)
+
+
+def gate_rows(cell: str, gate: str, hidden: int) -> slice:
+    """The rows of ``gate`` in a layer's weights and biases, e.g. the LSTM forget gate [H, 2H).
+
+    >>> gate_rows("lstm", "f", 8)
+    slice(8, 16, None)
+    """
+    k = GATES[cell].index(gate)
+    return slice(k * hidden, (k + 1) * hidden)
+
+
+def set_forget_bias(rnn: nn.RNNBase, value: float) -> None:
+    """An LSTM's forget-gate bias: ``value`` in every layer's b_ih, 0 in its b_hh."""
+    rows = gate_rows("lstm", "f", rnn.hidden_size)
+    with torch.no_grad():
+        for layer in range(rnn.num_layers):
+            getattr(rnn, f"bias_ih_l{layer}")[rows].fill_(value)
+            getattr(rnn, f"bias_hh_l{layer}")[rows].fill_(0.0)
+
+
+def layer_weights(rnn: nn.RNNBase, layer: int) -> Weights:
+    """``(w_ih, w_hh, b_ih, b_hh)`` of one layer of a fused module (zero biases if it has none).
+
+    The parameters themselves, not copies: detach them to step without autograd.
+    """
+    w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
+    H = w_hh.shape[1]
+    zeros = torch.zeros(w_ih.shape[0], device=w_ih.device, dtype=w_ih.dtype)
+    b_ih = getattr(rnn, f"bias_ih_l{layer}", zeros) if rnn.bias else zeros
+    b_hh = getattr(rnn, f"bias_hh_l{layer}", zeros) if rnn.bias else zeros
+    assert w_hh.shape[0] % H == 0
+    return w_ih, w_hh, b_ih, b_hh
+
+
+def split_bias(cell: str, b_ih: Tensor, b_hh: Tensor) -> tuple[Tensor, Tensor | None]:
+    """(bias added to the input projection, bias that must stay with the recurrent one).
+
+    LSTM and RNN: one summed bias, outside every product, and None. GRU: b_hh stays with
+    the recurrent product, since r multiplies (W_hn h + b_hn).
+    """
+    if cell == "gru":
+        return b_ih, b_hh
+    return b_ih + b_hh, None
+
+
+def single_layer(rnn: nn.RNNBase, layer: int) -> nn.RNNBase:
+    """A one-layer copy of layer ``layer`` of a fused nn.LSTM/GRU/RNN (same kernel, same numbers)."""
+    cls = type(rnn)
+    w_ih = getattr(rnn, f"weight_ih_l{layer}")
+    kwargs = {"nonlinearity": rnn.nonlinearity} if isinstance(rnn, nn.RNN) else {}
+    single = cls(w_ih.shape[1], rnn.hidden_size, num_layers=1, bias=rnn.bias, batch_first=True, **kwargs)
+    names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if rnn.bias else [])
+    single.load_state_dict({f"{n}_l0": getattr(rnn, f"{n}_l{layer}").detach() for n in names})
+    return single.to(w_ih.device)
+
+
+# -- one step ----------------------------------------------------------------------------
+
+
+def zero_state(cell: str, batch: int, hidden: int, like: Tensor) -> LayerState:
+    """One layer's zero state for ``batch`` rows (dtype and device of ``like``)."""
+    h = like.new_zeros(batch, hidden)
+    return (h, h.clone()) if cell == "lstm" else h
+
+
+def output(cell: str, state: LayerState) -> Tensor:
+    """A layer's output h [B, H] (what the next layer reads) from its state."""
+    return state[0] if cell == "lstm" else state
+
+
+def fused_step(cell: str, x: Tensor, state: LayerState, weights: Weights) -> LayerState:
+    """One step of one layer with ATen's fused cell: x [B, E] and the state -> the new state.
+
+    Differentiable when ``weights`` are parameters (the gradient view steps this way).
+    """
+    return _ATEN_STEPS[cell](x, state, *weights)
+
+
+def update(cell: str, a: Tensor, b: Tensor | None, state: LayerState) -> LayerState:
+    """One step's pointwise maths: the projections -> the new state.
+
+    ``a`` [B, G*H] is x W_ih^T plus the input bias of :func:`split_bias`; ``b`` is
+    h W_hh^T plus the recurrent bias, or None when it is already summed into ``a``
+    (a GRU needs it apart). ``a`` is scratch: it is overwritten.
+    """
+    if cell == "gru":
+        assert b is not None
+        r, z, n = gru_gates(a, b)
+        return torch.addcmul(n, z, state - n)  # (1 - z) * n + z * h
+    pre = a if b is None else a.add_(b)
+    if cell == "lstm":
+        i, f, g, o = lstm_gates(pre)
+        c = torch.addcmul(f * state[1], i, g)
+        return o * c.tanh(), c
+    return pre.tanh_()
+
+
+def lstm_gates(pre: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """LSTM pre-activations [..., 4H] -> gates i, f, g, o [..., H] each (``pre`` is overwritten)."""
+    H = pre.shape[-1] // 4
+    g = pre[..., 2 * H : 3 * H].tanh()  # before the in-place sigmoid of all four blocks
+    i, f, _, o = pre.sigmoid_().chunk(4, -1)  # one kernel for the three sigmoid gates
+    return i, f, g, o
+
+
+def gru_gates(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """GRU projections a, b [..., 3H] -> r, z, n [..., H] each (``a`` is overwritten)."""
+    H = b.shape[-1] // 3
+    r, z = a[..., : 2 * H].add_(b[..., : 2 * H]).sigmoid_().chunk(2, -1)
+    n = torch.addcmul(a[..., 2 * H :], r, b[..., 2 * H :]).tanh_()  # r after the recurrent product (cuDNN style)
+    return r, z, n
+
+
+# -- a whole sequence (trace) ------------------------------------------------------------
+
+
+def run_layer(rnn: nn.RNNBase, layer: int, x: Tensor) -> Tensor:
+    """Layer ``layer`` of a fused module over x [T, E] from the zero state -> h [T, H]."""
+    out, _ = single_layer(rnn, layer)(x[None])
+    return out[0]
+
+
+def sequence_activations(cell: str, x: Tensor, h: Tensor, weights: Weights) -> dict[str, Tensor]:
+    """Every kind of :data:`KINDS` at every step of a layer that started from the zero state.
+
+    x [T, E] is the layer's input and h [T, H] its output (from the fused kernel). The
+    gates depend only on (x_t, h_{t-1}), so two matrix products give them for all t at
+    once; only the LSTM cell state needs a scan, and it is elementwise.
+    """
+    if cell == "rnn":
+        return {"h": h}
+    w_ih, w_hh, b_ih, b_hh = weights
+    h_prev = torch.cat([h.new_zeros(1, h.shape[1]), h[:-1]])  # [T, H]: the state each step reads
+    if cell == "lstm":
+        i, f, g, o = lstm_gates(x @ w_ih.T + b_ih + h_prev @ w_hh.T + b_hh)  # [T, 4H]
+        c = _linear_scan(f, i * g, h.new_zeros(h.shape[1]))
+        return {"h": h, "c": c, "i": i, "f": f, "g": g, "o": o}
+    r, z, n = gru_gates(x @ w_ih.T + b_ih, h_prev @ w_hh.T + b_hh)  # [T, 3H] each
+    return {"h": h, "r": r, "z": z, "n": n}
+
+
+def _linear_scan(a: Tensor, b: Tensor, x0: Tensor) -> Tensor:
+    """x_t = a_t * x_{t-1} + b_t for t = 0..T-1 from x_{-1} = x0; a, b [T, H] -> x [T, H].
+
+    The LSTM cell state is such a linear recurrence. A plain loop costs T Python steps;
+    here T is cut into blocks of K ~ sqrt(T) steps::
+
+        1. inside every block at once, from a zero start:  local_t, and P_t = a_1 * ... * a_t
+        2. block by block, the true start of each block:   start_b = local_end + P_end * start_{b-1}
+        3. everywhere at once:                              x_t = local_t + P_t * start_b
+
+    so about 2 sqrt(T) Python steps, each over [T / K, H]; the same sums in another order.
+    """
+    T, H = b.shape
+    K = max(1, int(math.isqrt(T)))
+    nb = -(-T // K)
+    pad = nb * K - T
+    if pad:  # a_t = 1, b_t = 0 past the end: the state just stays
+        a = torch.cat([a, a.new_ones(pad, H)])
+        b = torch.cat([b, b.new_zeros(pad, H)])
+    A, B = a.reshape(nb, K, H), b.reshape(nb, K, H)
+    local, prod = torch.empty_like(B), torch.empty_like(A)
+    acc, run = B.new_zeros(nb, H), A.new_ones(nb, H)
+    for k in range(K):  # step 1
+        acc = torch.addcmul(B[:, k], A[:, k], acc)
+        run = run * A[:, k]
+        local[:, k], prod[:, k] = acc, run
+    starts = torch.empty(nb, H, dtype=b.dtype, device=b.device)
+    start = x0
+    for blk in range(nb):  # step 2
+        starts[blk] = start
+        start = torch.addcmul(local[blk, -1], prod[blk, -1], start)
+    x = torch.addcmul(local, prod, starts[:, None, :])  # step 3
+    return x.reshape(nb * K, H)[:T]

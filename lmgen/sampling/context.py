@@ -1,0 +1,103 @@
+"""The text so far (:class:`Context`), how it starts (:func:`prime`), and what generation returns (:class:`Sample`).
+
+Every generation starts from a Context: ``[END] + prompt`` run through the model once,
+so a long prompt costs one fused call, and the REPL continues a text with its state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..tokenizer import Tokenizer
+from .recurrence import Recurrence
+
+
+class Context:
+    """A text (token ids, starting with ``[END]``) and the model state after it.
+
+    Generation reads it and, for a single sample, moves it forward, so the next call
+    continues the text with its state (what the REPL does on an empty line). Tokens
+    appended but not yet fed (the last chosen one, a ``[END]``, new text) are fed on the
+    next call: ``ids[fed:]``. ``unknown`` lists prompt symbols the vocabulary lacks (they
+    became ``<unk>``).
+
+    >>> ctx = prime(model, tok, "Once upon a")                       # doctest: +SKIP
+    >>> "".join(stream(model, tok, ctx, GenerationConfig(max_new_tokens=20)))  # doctest: +SKIP
+    """
+
+    def __init__(self, ids: list[int], head: tuple[int, Any, Tensor | None], unknown: list[str] | None = None):
+        self.ids = ids
+        # (fed, per-layer state, logits [V] after ids[:fed]) replaced in one assignment, so a
+        # Ctrl-C between two statements can never leave state and logits out of step
+        self.head = head
+        self.unknown = unknown or []
+        self.stop: str | None = None  # how the last generation ended: "end", "length" or None
+
+    @property
+    def fed(self) -> int:
+        return self.head[0]
+
+    def extend(self, ids: Sequence[int]) -> None:
+        """Append tokens to the text; they are fed to the model by the next generation."""
+        self.ids.extend(int(i) for i in ids)
+
+    def text(self, tokenizer: Tokenizer) -> str:
+        """The whole text so far (the ``[END]`` it starts with renders as nothing)."""
+        return tokenizer.decode(self.ids)
+
+    def catch_up(self, rec: Recurrence) -> tuple[Tensor, Any]:
+        """Feed the pending tokens; -> (logits [V], per-layer state) after all of ``ids``."""
+        fed, layers, logits = self.head
+        if fed < len(self.ids) or logits is None:
+            pending = torch.tensor([self.ids[fed:]], dtype=torch.long, device=rec.device)  # [1, T]
+            logits, layers = rec.run(pending, layers)
+            self.head = (len(self.ids), layers, logits)
+        return logits, layers
+
+    def state(self, model: Any) -> Any:
+        """The model state ([L, 1, H] or (h, c)) after the fed tokens."""
+        return Recurrence(model).join(self.head[1])
+
+
+@torch.inference_mode()
+def prime(model: Any, tokenizer: Tokenizer, prompt: str = "", *, unknown: str = "replace") -> Context:
+    """Run ``[END] + prompt`` through the model: the start of every generation.
+
+    Starting with ``[END]`` puts the model where every training document starts, so an
+    empty prompt samples a document from its beginning. Symbols the vocabulary lacks
+    become ``<unk>`` and are listed in ``Context.unknown`` (``unknown="error"`` refuses
+    them instead, naming them).
+
+    >>> ctx = prime(model, tok, "Hello")                               # doctest: +SKIP
+    """
+    if unknown not in ("replace", "error"):
+        raise ValueError(f"unknown must be 'replace' or 'error', got {unknown!r}")
+    missing = tokenizer.unknown_symbols(prompt) if prompt else []
+    if missing and unknown == "error":
+        raise ConfigError(f"the prompt has symbols this {tokenizer.kind} vocabulary lacks: "
+                          f"{', '.join(map(repr, missing))}; remove or replace them")
+    ctx = Context([tokenizer.end_id] + tokenizer.encode(prompt), (0, None, None), missing)
+    ctx.catch_up(Recurrence(model))
+    return ctx
+
+
+def as_context(model: Any, tokenizer: Tokenizer, prompt: str | Context) -> Context:
+    """``prompt`` itself if it is a Context (generation continues it), else :func:`prime` of it."""
+    return prompt if isinstance(prompt, Context) else prime(model, tokenizer, prompt)
+
+
+@dataclass
+class Sample:
+    """One generated continuation."""
+
+    ids: list[int]  # new token ids, without the [END] that ended it
+    text: str  # their text (as it continues the prompt)
+    stop: str  # "end": [END] was produced; "length": max_new_tokens was reached
+    score: float | None = None  # beam: summed log-probability of ids (and [END] if stop == "end")
+    normalized: float | None = None  # beam: score / length ** length_penalty (what beams compete on)
+
