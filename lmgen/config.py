@@ -21,7 +21,7 @@ from .errors import ConfigError
 
 CELLS = ("lstm", "gru", "rnn", "window")
 TOKENIZERS = ("char", "word", "spm")
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "sgd", "ntasgd")
 SCHEDULES = ("cosine", "plateau", "step", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -64,7 +64,18 @@ class ModelConfig:
     embed: int = _help("embedding size E", default=64)
     hidden: int = _help("hidden size H of every recurrent layer", default=256)
     layers: int = _help("number of stacked recurrent layers L", default=1)
-    dropout: float = _help("dropout on embeddings, between layers and before the decoder", default=0.0)
+    dropout: float = _help("dropout on embeddings, between layers and before the decoder, a new mask every "
+                           "step (Zaremba et al. 2014); each --dropout-input/-hidden/-output given replaces it "
+                           "at its place", default=0.0)
+    dropout_input: float = _help("locked (variational) dropout on the embedding output: one mask per sequence, "
+                                 "the same at every step (Gal & Ghahramani 2016); -1 = use --dropout", default=-1.0)
+    dropout_hidden: float = _help("locked dropout between recurrent layers; -1 = use --dropout", default=-1.0)
+    dropout_output: float = _help("locked dropout on the last layer's output, before the decoder; "
+                                  "-1 = use --dropout", default=-1.0)
+    dropout_embed: float = _help("embedding dropout: drop whole tokens' embedding rows, a new choice per batch "
+                                 "(Gal & Ghahramani 2016)", default=0.0)
+    weight_drop: float = _help("DropConnect on the hidden-to-hidden matrices W_hh, a new mask per batch "
+                               "(Merity et al. 2018); evaluation and sampling use the full weights", default=0.0)
     tie: bool = _help("tie decoder and embedding weights (needs --embed == --hidden)", default=False)
     window: int = _help("--cell window: how many previous tokens the model sees", default=5)
     init_range: float = _help("if > 0, draw every weight from U(-r, r) (Zaremba et al. 2014) instead of "
@@ -78,11 +89,23 @@ class ModelConfig:
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 1, name, "a whole number >= 1", value)
         _check(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)", self.dropout)
+        for name in ("dropout_input", "dropout_hidden", "dropout_output"):
+            value = getattr(self, name)
+            _check(value == -1.0 or 0.0 <= value < 1.0, name, "in [0, 1), or -1 for --dropout", value)
+        for name in ("dropout_embed", "weight_drop"):
+            _check(0.0 <= getattr(self, name) < 1.0, name, "in [0, 1)", getattr(self, name))
+        if self.cell == "window" and (self.weight_drop or self.dropout_embed or self.locked_dropout()):
+            raise ConfigError("--weight-drop, --dropout-embed and locked dropout are for recurrent cells, "
+                              "not --cell window")
         _check(self.init_range >= 0, "init_range", ">= 0", self.init_range)
         if self.tie and self.embed != self.hidden:
             raise ConfigError(
                 f"--tie needs --embed equal to --hidden, got --embed {self.embed} --hidden {self.hidden}"
             )
+
+    def locked_dropout(self) -> bool:
+        """True when any place uses locked dropout (the model then runs its layers one by one)."""
+        return max(self.dropout_input, self.dropout_hidden, self.dropout_output) >= 0.0
 
 
 @dataclass
@@ -103,7 +126,8 @@ class TrainConfig:
     epochs: float = _help("stop after this many passes over the training split (0 = no limit)", default=0.0)
     time: str = _help("stop after this much training time, e.g. 90s, 10m, 1h (empty = no limit)", default="")
 
-    optimizer: str = _help("optimiser: adamw or sgd", default="adamw")
+    optimizer: str = _help("optimiser: adamw, sgd, or ntasgd (SGD that switches to averaging the weights when "
+                           "validation stops improving; Merity et al. 2018)", default="adamw")
     lr: float = _help("peak learning rate", default=1e-2)
     weight_decay: float = _help("decoupled weight decay (AdamW) / L2 (SGD)", default=0.0)
     momentum: float = _help("SGD momentum", default=0.0)
@@ -117,6 +141,17 @@ class TrainConfig:
     plateau_factor: float = _help("plateau: multiply the LR by this when validation stops improving", default=0.25)
     plateau_patience: int = _help("plateau: evaluations without improvement before decaying", default=1)
     patience: int = _help("early stopping: evaluations without improvement before stopping (0 = off)", default=0)
+    nonmono: int = _help("ntasgd: start averaging when validation is worse than the best of the evaluations "
+                         "before the last N", default=5)
+    average: str = _help("weight average that evaluation, best/ and the saved weights use: none, polyak, or "
+                         "ema:DECAY (e.g. ema:0.999); training steps the raw weights", default="none")
+    ar: float = _help("activation regularisation: adds AR x mean(h^2) of the last layer's dropped output "
+                      "(Merity et al. 2018)", default=0.0)
+    tar: float = _help("temporal activation regularisation: adds TAR x mean((h_t - h_t-1)^2) of the last "
+                       "layer's output", default=0.0)
+    bptt_jitter: float = _help("vary the window length per batch: T (T/2 with probability 5%%) plus N(0, this^2) "
+                               "tokens, at least 5; the LR scales with the length (AWD-LSTM: 5; 0 = fixed T)",
+                               default=0.0)
 
     eval_every: int = _help("evaluate on the validation split (and save) every N steps", default=200)
     eval_tokens: int = _help("validation tokens per periodic evaluation (0 = the whole split)", default=0)
@@ -155,7 +190,26 @@ class TrainConfig:
         _check(0 < self.decay_factor <= 1, "decay_factor", "in (0, 1]", self.decay_factor)
         _check(0 < self.plateau_factor < 1, "plateau_factor", "in (0, 1)", self.plateau_factor)
         _check(self.plateau_patience >= 0, "plateau_patience", ">= 0", self.plateau_patience)
+        _check(isinstance(self.nonmono, int) and self.nonmono >= 1, "nonmono", "a whole number >= 1", self.nonmono)
+        self.average_decay()  # validates the spelling
+        _check(self.ar >= 0, "ar", ">= 0", self.ar)
+        _check(self.tar >= 0, "tar", ">= 0", self.tar)
+        _check(self.bptt_jitter >= 0, "bptt_jitter", ">= 0", self.bptt_jitter)
+        if self.optimizer == "ntasgd" and self.average != "none":
+            raise ConfigError("--optimizer ntasgd averages by itself (Polyak, from its trigger); drop --average")
         self.time_seconds()  # validates the spelling
+
+    def average_decay(self) -> float | None:
+        """``--average``: None (off), 0.0 for polyak (an equal-weight mean), or the EMA decay."""
+        if self.average == "none":
+            return None
+        if self.average == "polyak":
+            return 0.0
+        match = re.fullmatch(r"ema:(0?\.[0-9]+)", self.average)
+        if not match or not 0.0 < float(match.group(1)) < 1.0:
+            raise ConfigError(f"--average must be none, polyak or ema:DECAY with 0 < DECAY < 1 (e.g. ema:0.999), "
+                              f"got {self.average!r}")
+        return float(match.group(1))
 
     def time_seconds(self) -> float:
         """``--time`` in seconds (0 when unset)."""
