@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import ModelConfig, TrainConfig, flag, from_dict, read_recipe, split_settings
+from .config import MAX_SEED, ModelConfig, TrainConfig, flag, from_dict, read_recipe, split_settings
 from .errors import ConfigError, LmgenError
 from .version import __version__
 
@@ -46,7 +46,7 @@ def _add_dataclass_flags(group: argparse._ArgumentGroup, fields: list, defaults:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .distributed import fault_injector_from_env
-    from .runs import saved_config
+    from .runs import resume_settings
     from .train import train
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config")}
@@ -55,16 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     settings.update(given)  # the command line wins over the file
     model_given, train_given = split_settings(settings)
     if train_given.get("resume"):
-        out = train_given.get("out", TrainConfig.out)
-        saved = saved_config(out)
-        for name, value in model_given.items():
-            if saved["model"].get(name) != value:
-                raise ConfigError(f"{flag(name)} cannot change when resuming "
-                                  f"(the run has {saved['model'].get(name)!r})")
-        base = dict(saved.get("train") or {})
-        base.update(train_given)
-        cfg = from_dict(TrainConfig, base)
-        model_cfg = from_dict(ModelConfig, saved["model"])
+        cfg, model_cfg = resume_settings(train_given.get("out", TrainConfig.out), model_given, train_given)
     else:
         cfg = from_dict(TrainConfig, train_given)
         model_cfg = from_dict(ModelConfig, model_given)
@@ -76,6 +67,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"trained {result.steps} steps, {result.tokens:,} tokens in {result.train_seconds:.1f} s{val}{best}; "
               f"stopped by {result.stopped_by}; checkpoints in {result.out}", file=sys.stderr)
     return 130 if result.stopped_by == "interrupted" else 0
+
+
+def _seed(text: str) -> int:
+    """An argparse type: a whole number that torch.Generator accepts."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2^63), got {text}")
+    return value
 
 
 def add_train_parser(sub: Any) -> None:
@@ -178,7 +180,7 @@ def _add_generation_flags(p: argparse.ArgumentParser, samples: bool = True) -> N
         g.add_argument("--num-samples", type=int, default=1, metavar="N",
                        help="N samples, generated as one batch, each ending at its own [END]; with --beam, "
                             "the N best hypotheses, N <= W (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same text (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed: the same seed gives the same text (default 0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: CUDA when present (default auto)")
     p.add_argument("--precision", choices=["auto", "float32", "float16"], default="auto",
@@ -281,9 +283,22 @@ def add_eval_parser(sub: Any) -> None:
 
 
 # --- plot (issue 4: lmgen/plot.py) ------------------------------------------------------
+def _output_file(path: str, example: str) -> Path:
+    """``--out FILE`` checked before the work: not a folder, and its folder created when missing."""
+    out = Path(path)
+    if out.is_dir():
+        raise ConfigError(f"--out {path} is a folder; give a file name in it, e.g. {out / example}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {path}: cannot create its folder ({exc.strerror or exc})") from None
+    return out
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from .plot import plot_runs
 
+    _output_file(args.out, "curves.png")
     plot_runs(args.runs, labels=args.label, out=args.out, title=args.title)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
@@ -340,6 +355,7 @@ def cmd_viz(args: argparse.Namespace) -> int:
 
     if args.find is None and (args.layer is None or args.unit is None):
         raise ConfigError("give --find REGEX, or both --layer L and --unit U")
+    _output_file(args.out, "page.html")
     try:
         text = Path(args.text).read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
@@ -430,9 +446,19 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     return args
 
 
+_NEEDS = {"sample": ("stdout",), "eval": ("stdout",), "corpus": ("stdout",), "repl": ("stdin", "stdout")}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = _parse(parser, argv)
+    # Started with a stream closed (`>&-`, `<&-`), Python sets it to None: one line, not a traceback.
+    for name in _NEEDS.get(args.command, ()):
+        stream = getattr(sys, name)
+        if stream is None or stream.closed:
+            print(f"lmgen: error: standard {'input' if name == 'stdin' else 'output'} is closed; "
+                  f"lmgen {args.command} needs it", file=sys.stderr)
+            return 1
     try:
         return args.func(args)
     except LmgenError as exc:
@@ -452,6 +478,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except BrokenPipeError:  # e.g. `lmgen sample ... | head`
         return 0
+    except OSError as exc:
+        # The file system refused (a full disk, a cache folder under a file, no permission):
+        # the user's environment, not a bug, so one line naming the path.
+        from .cache import CACHE_ENV, cache_folder
+
+        where = f"{exc.filename}: " if exc.filename else ""
+        hint = (f" (under the cache folder: set ${CACHE_ENV} to a writable folder)"
+                if exc.filename and str(exc.filename).startswith(str(cache_folder())) else "")
+        print(f"lmgen: error: {where}{exc.strerror or exc}{hint}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -24,6 +24,10 @@ TOKENIZERS = ("char", "word", "spm")
 OPTIMIZERS = ("adamw", "sgd", "ntasgd")
 SCHEDULES = ("cosine", "plateau", "step", "constant")
 DEVICES = ("auto", "cpu", "cuda")
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
+MAX_THREADS = 1024
+MAX_BEAMS = 1024  # each beam step ranks 2W candidates in Python
+MAX_LENGTH_PENALTY = 10.0  # length ** penalty: beyond this, scores overflow or vanish for long texts
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -180,6 +184,9 @@ class TrainConfig:
         for name in ("steps", "warmup", "patience", "eval_tokens", "max_vocab", "threads", "max_nonfinite"):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 0, name, "a whole number >= 0", value)
+        _check(self.threads <= MAX_THREADS, "threads", f"at most {MAX_THREADS}", self.threads)
+        _check(0 <= self.seed <= MAX_SEED, "seed", "a whole number in [0, 2^63)", self.seed)
+        _check_out(self.out)
         _check(self.epochs >= 0, "epochs", ">= 0", self.epochs)
         _check(self.lr > 0, "lr", "> 0", self.lr)
         _check(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
@@ -219,6 +226,18 @@ class TrainConfig:
 _UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
 
 
+def _check_out(out: str) -> None:
+    """``--out`` must name a folder of its own: never empty, the file-system root or the home folder,
+    whose files a run (and ``--overwrite``) would mix with or remove."""
+    from pathlib import Path
+
+    if not str(out).strip():
+        raise ConfigError("--out must name a run folder, got an empty path")
+    resolved = Path(out).expanduser().resolve()
+    if resolved == Path(resolved.anchor) or resolved == Path.home().resolve():
+        raise ConfigError(f"--out must be a folder of its own, not {resolved}: e.g. --out checkpoints/run")
+
+
 def parse_duration(text: str, name: str = "time") -> float:
     """``"90s"``, ``"10m"``, ``"1.5h"`` or ``"120"`` -> seconds."""
     if text in ("", "0"):
@@ -229,12 +248,23 @@ def parse_duration(text: str, name: str = "time") -> float:
     return float(match.group(1)) * _UNITS[match.group(2) or ""]
 
 
+_TYPES = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
+
+
 def from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """Build a config from a dict, naming unknown keys (e.g. typos in a TOML file)."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+    """Build a config from a dict, naming unknown keys (e.g. typos in a TOML file) and values of
+    the wrong type (``progress = "no"`` is a string, not false; ``hidden = 1e30`` not a whole number)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(f"unknown {cls.__name__} setting(s): {', '.join(unknown)}")
+    for name, value in values.items():
+        types = _TYPES.get(str(fields[name].type))
+        # bool is an int subclass: true is not a whole number of layers
+        wrong = types is not None and (not isinstance(value, types) or (bool not in types and isinstance(value, bool)))
+        if wrong:
+            kind = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "text"}
+            raise ConfigError(f"{flag(name)} must be {kind[str(fields[name].type)]}, got {value!r}")
     return cls(**values)
 
 
@@ -251,6 +281,8 @@ def read_recipe(path: str) -> dict[str, Any]:
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"--config {path}: no such file") from None
+    except OSError as exc:  # a folder, no permission, ...
+        raise ConfigError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--config {path}: not valid TOML ({exc})") from None
     flat: dict[str, Any] = {}
@@ -346,8 +378,10 @@ class GenerationConfig:
               "> 0 (use --greedy for the most likely token)")
         check(self.top_k is None or (whole(self.top_k) and self.top_k >= 1), "top_k", "a whole number >= 1")
         check(real(self.top_p) and 0 < self.top_p <= 1, "top_p", "in (0, 1]")
-        check(whole(self.num_beams) and self.num_beams >= 1, "num_beams", "a whole number >= 1")
-        check(real(self.length_penalty), "length_penalty", "a finite number")
+        check(whole(self.num_beams) and 1 <= self.num_beams <= MAX_BEAMS, "num_beams",
+              f"a whole number in [1, {MAX_BEAMS}]")
+        check(real(self.length_penalty) and abs(self.length_penalty) <= MAX_LENGTH_PENALTY, "length_penalty",
+              f"a number in [-{MAX_LENGTH_PENALTY:g}, {MAX_LENGTH_PENALTY:g}]")
         check(real(self.repetition_penalty) and self.repetition_penalty > 0, "repetition_penalty", "> 0")
         check(whole(self.num_return_sequences) and self.num_return_sequences >= 1, "num_return_sequences",
               "a whole number >= 1")

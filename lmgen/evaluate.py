@@ -40,6 +40,9 @@ from .data import StreamBatcher
 from .model import RNNLM
 
 LN2 = math.log(2.0)
+# Kneser-Ney counts every n-gram of every order up to N: memory grows with N, and past ~10
+# the model only memorises the training text (PTB's best KN order is 5).
+MAX_NGRAM = 10
 MIN_STREAM = 64  # batched mode: never fewer targets than this per stream
 
 
@@ -373,8 +376,9 @@ def parse_baseline(spec: str) -> int:
     from .errors import ConfigError
 
     kind, _, order = spec.partition(":")
-    if kind != "ngram" or (order and not order.isdigit()) or (order and int(order) < 1):
-        raise ConfigError(f"--baseline must look like ngram:5 (an n-gram LM of order 5), got {spec!r}")
+    if kind != "ngram" or (order and not order.isdigit()) or (order and not 1 <= int(order) <= MAX_NGRAM):
+        raise ConfigError(f"--baseline must look like ngram:5 (an n-gram LM of order 1 to {MAX_NGRAM}), "
+                          f"got {spec!r}")
     return int(order) if order else 5
 
 

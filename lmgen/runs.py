@@ -20,12 +20,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
 from .checkpoint import read_config, resolve, save_checkpoint
+from .config import ModelConfig, TrainConfig, flag, from_dict
 from .errors import ConfigError, LmgenError
 from .tokenizer import Tokenizer
 
@@ -127,8 +129,17 @@ class RunFolder:
         path = self.out / METRICS_FILE
         if not self.writes or not path.exists():
             return
-        rows = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        keep = [line for line in rows if json.loads(line).get("step", 0) <= step]
+        keep, torn = [], 0
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line) if line.strip() else None
+            except ValueError:  # a line cut off by a kill mid-write
+                row, torn = None, torn + 1
+            if isinstance(row, dict) and row.get("step", 0) <= step:
+                keep.append(line)
+        if torn:
+            print(f"lmgen: warning: dropped {torn} unreadable line(s) of {path} (cut off by a crash)",
+                  file=sys.stderr)
         path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
     def save(self, model: torch.nn.Module, tokenizer: Tokenizer, train_state: dict[str, Any], best: bool,
@@ -154,4 +165,48 @@ def last_checkpoint_folder(out: str | os.PathLike) -> Path:
 
 def saved_config(out: str | os.PathLike) -> dict[str, Any]:
     """config.json of a run's last checkpoint (for ``--resume``: the settings to continue with)."""
+    out = Path(out)
+    if not out.is_dir():
+        raise ConfigError(f"--resume: {out} does not exist; drop --resume to start a run there")
+    if not any((out / name).exists() for name in ("last", ".last.old")):
+        raise ConfigError(f"--resume: {out} has no checkpoint yet (the run stopped before its first save, which "
+                          f"comes every --eval-every steps); start it again without --resume, with --overwrite")
     return read_config(last_checkpoint_folder(out))
+
+
+# What ``--resume`` may change. The rest fixes what the saved state means: the tokens
+# (corpus decoding, tokenizer), the data position and carried state (batch, bptt, jitter,
+# seed), and the optimiser's and averager's state (optimizer, average, nonmono). The corpus
+# may be named anew (a path instead of a name): train() refuses different content.
+RESUME_MAY_CHANGE = frozenset({
+    "corpus", "steps", "epochs", "time", "lr", "weight_decay", "momentum", "clip", "schedule", "warmup", "min_lr",
+    "decay_after", "decay_factor", "plateau_factor", "plateau_patience", "patience", "ar", "tar", "eval_every",
+    "eval_tokens", "log_every", "device", "amp", "compile", "threads", "max_nonfinite", "out", "resume", "progress",
+})
+RESUME_FIXED = frozenset({
+    "tokenizer", "spm_vocab", "spm_type", "max_vocab", "min_count", "encoding_errors", "batch", "bptt",
+    "bptt_jitter", "seed", "optimizer", "average", "nonmono",
+})
+
+
+def resume_settings(out: str | os.PathLike, model_given: dict[str, Any],
+                    train_given: dict[str, Any]) -> tuple[TrainConfig, ModelConfig]:
+    """The settings ``--resume`` continues with: the run's own, with the changes it allows.
+
+    Every model setting and every :data:`RESUME_FIXED` one given with a value other than
+    the run's is refused, in one line naming the flag.
+    """
+    saved = saved_config(out)
+    saved_model, saved_train = saved.get("model") or {}, saved.get("train") or {}
+    for name, value in model_given.items():
+        if saved_model.get(name, getattr(ModelConfig, name, None)) != value:
+            raise ConfigError(f"{flag(name)} cannot change when resuming "
+                              f"(the run has {saved_model.get(name)!r})")
+    for name, value in train_given.items():
+        old = saved_train.get(name, getattr(TrainConfig, name))  # a run from before the field existed
+        if name in RESUME_FIXED and old != value:
+            raise ConfigError(f"{flag(name)} cannot change when resuming (the run has {old!r}, not {value!r}): "
+                              "the saved state depends on it; start a new run to change it")
+    base = {k: v for k, v in saved_train.items() if k in RESUME_MAY_CHANGE | RESUME_FIXED}
+    base.update(train_given)
+    return from_dict(TrainConfig, base), from_dict(ModelConfig, saved_model)

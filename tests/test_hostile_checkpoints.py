@@ -1,8 +1,8 @@
 """Crafted checkpoint folders: each is refused with one clear line, fast, in bounded memory.
 
-Every case runs the real CLI in a subprocess and measures it: a non-zero exit, no traceback,
-a last line ``lmgen: error: ...`` naming the problem, within 10 s and a peak RSS under
-500 MB (read from the kernel's rusage of that process alone).
+Every case runs the real CLI in a subprocess and measures it (tests/refusal.py): a non-zero
+exit, no traceback, a last line ``lmgen: error: ...`` naming the problem, within 10 s and a
+peak RSS under 500 MB (read from the kernel's rusage of that process alone).
 """
 
 from __future__ import annotations
@@ -12,36 +12,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
-
-# Runs the CLI as its only child, then reports that child's peak RSS (KiB on Linux).
-_MEASURE = (
-    "import resource, subprocess, sys\n"
-    "code = subprocess.run([sys.executable, '-m', 'lmgen', *sys.argv[1:]], stdin=subprocess.DEVNULL).returncode\n"
-    "print('maxrss_kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
-    "sys.exit(code)\n"
-)
-
-
-def refused(*args: object, timeout: float = 10.0) -> str:
-    """Run ``lmgen ARGS``; assert a clean, fast, small refusal; return its error line."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", _MEASURE, *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=60)
-    seconds = time.perf_counter() - start
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    rss_mb = int(lines.pop().split()[1]) / 1024
-    assert done.returncode != 0, done.stderr
-    assert "Traceback" not in done.stderr, done.stderr
-    assert lines and lines[-1].startswith("lmgen: error: "), done.stderr
-    assert seconds < timeout, f"{seconds:.1f} s: {lines[-1]}"
-    assert rss_mb < 500, f"peak RSS {rss_mb:.0f} MB: {lines[-1]}"
-    return lines[-1]
+from refusal import refused
 
 
 @pytest.fixture

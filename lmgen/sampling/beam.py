@@ -15,7 +15,7 @@ import torch
 from ..config import GenerationConfig
 from ..tokenizer import Tokenizer, decode_continuation
 from .choose import _seen_mask, adjust_logits
-from .context import Context, Sample, as_context
+from .context import Context, Sample, as_context, check_batch
 from .recurrence import Recurrence
 
 
@@ -44,6 +44,7 @@ def beam_search(
     >>> best = beam_search(model, tok, "The", GenerationConfig(num_beams=5, do_sample=False))[0]  # doctest: +SKIP
     """
     config = config or GenerationConfig(num_beams=4, do_sample=False)
+    check_batch(model, 2 * config.num_beams, config.max_new_tokens, "--beam")  # 2W candidates a step
     ctx = as_context(model, tokenizer, prompt)
     rec = Recurrence(model, config.precision)
     end = tokenizer.end_id

@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..tokenizer import TextDecoder, Tokenizer, decode_continuation
 from .beam import beam_search
 from .choose import _seen_mask, _Uniforms, adjust_logits, choose_tokens, sample_generators
-from .context import Context, Sample, as_context
+from .context import Context, Sample, as_context, check_batch
 from .recurrence import Recurrence
 
 
@@ -49,6 +49,7 @@ def sample_steps(
     config = config or GenerationConfig()
     if config.strategy == "beam":
         raise ConfigError("sample_steps does greedy and sampling; use beam_search for --beam")
+    check_batch(model, config.num_return_sequences, config.max_new_tokens, "--num-samples")
     ctx = as_context(model, tokenizer, prompt)
     follow = isinstance(prompt, Context) and config.num_return_sequences == 1
     rec = Recurrence(model, config.precision)
@@ -172,6 +173,7 @@ def stream_samples(
     so far at once, then live), and so on; each sample's pieces concatenate to its text.
     """
     config = config or GenerationConfig()
+    check_batch(model, config.num_return_sequences, config.max_new_tokens, "--num-samples")  # before B decoders
     ctx = as_context(model, tokenizer, prompt)
     B = config.num_return_sequences
     decoders = [TextDecoder(tokenizer, previous=ctx.ids[-1]) for _ in range(B)]

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ..config import PRECISIONS, GenerationConfig, config_from_flags
+from ..config import MAX_SEED, PRECISIONS, GenerationConfig, config_from_flags
 from ..errors import ConfigError
 from ..tokenizer import Tokenizer
 from .beam import beam_search
@@ -149,6 +149,8 @@ class Session:
         except ValueError:
             raise ConfigError(f":{name} needs a {'whole ' if key in _INTS else ''}number, got {value!r}") from None
         if key == "seed":
+            if not 0 <= parsed <= MAX_SEED:
+                raise ConfigError(f":seed must be a whole number in [0, 2^63), got {value}")
             self.seed = parsed
             self.generator = torch.Generator().manual_seed(parsed)
             return f"seed {parsed}"

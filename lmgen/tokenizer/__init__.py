@@ -64,7 +64,7 @@ def build_tokenizer(kind: str, texts: Iterable[str], **options: Any) -> Tokenize
     >>> build_tokenizer("word", ["a b b\\n"], max_vocab=3).pieces
     ['[END]', '<unk>', 'b']
     """
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise TokenizerError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(KINDS)}")
     cls = KINDS[kind]
     valid = [name for name in inspect.signature(cls._build).parameters if name != "texts"]
@@ -96,7 +96,7 @@ def load_tokenizer(folder: Path) -> Tokenizer:
             f"use the lmgen version that wrote it, or rebuild the tokenizer"
         )
     kind, pieces, options = state.get("kind"), state.get("vocab"), state.get("options")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise TokenizerError(f"{path} names unknown tokenizer kind {kind!r}")
     if (
         not isinstance(pieces, list)
