@@ -382,6 +382,18 @@ def parse_baseline(spec: str) -> int:
     return int(order) if order else 5
 
 
+def _unknown_symbols(tokenizer: Any, corpus: Any, split: str, limit: int = 20) -> list[str]:
+    """The first ``limit`` symbols of a split that the tokenizer lacks, read piece by piece
+    (~1 MB each, as the split was encoded), so a large file is never held whole in memory."""
+    found: dict[str, None] = {}
+    for text, _ in corpus.pieces(split):
+        for symbol in tokenizer.unknown_symbols(text, limit):
+            found.setdefault(symbol)
+        if len(found) >= limit:
+            break
+    return list(found)[:limit]
+
+
 def evaluate_checkpoint(
     path: str,
     *,
@@ -443,7 +455,7 @@ def evaluate_checkpoint(
         label = f"the text file {split} (documents end at: {separator})"
     unknown_symbols: list[str] = []
     if encode_split(eval_corpus, tokenizer, eval_split).unknown:
-        unknown_symbols = tokenizer.unknown_symbols(eval_corpus.text(eval_split))
+        unknown_symbols = _unknown_symbols(tokenizer, eval_corpus, eval_split)
 
     B = 1 if exact else batch
     results = [evaluate_split(ckpt.model, tokenizer, eval_corpus, eval_split, batch=B, bptt=bptt,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from refusal import refused
+from refusal import measured, refused
 
 from lmgen.config import TrainConfig
 from lmgen.errors import ConfigError
@@ -163,3 +163,19 @@ def test_seeds_are_bounded_in_the_python_api_too():
     with pytest.raises(ConfigError, match="--seed"):
         TrainConfig(seed=2**64)
     assert torch.Generator().manual_seed(TrainConfig(seed=2**63 - 1).seed).initial_seed() == 2**63 - 1
+
+
+def test_eval_of_a_large_file_with_an_unknown_symbol_stays_small(tiny_checkpoint, tmp_path):
+    # 40 MB of known text and one symbol the vocabulary lacks, at the very end: naming it
+    # must not load the whole file (it took 2.1 GB for 100 MB before).
+    big = tmp_path / "big.txt"
+    line = ("The cat sat on the mat. " * 40 + "\n").encode()
+    with open(big, "wb") as f:
+        for _ in range(40_000_000 // len(line)):
+            f.write(line)
+        f.write("the \u20ac\n".encode())
+    code, lines, seconds, rss_mb, stdout = measured("eval", tiny_checkpoint, "--split", big, "--max-tokens", "2000",
+                                                    "--json")
+    assert code == 0, lines
+    assert json.loads(stdout)["unknown_symbols"] == ["\u20ac"]  # found, at the end of the file
+    assert rss_mb < 500, f"peak RSS {rss_mb:.0f} MB"
