@@ -2,7 +2,8 @@
 
 Prints tokens/s for one greedy stream, one top-p stream, 64 samples in one batch and
 beam search of width 5, with float32 and float16 step weights (--precision), the ratios
-against the aims of issue 5, and the machine's matrix-product ceiling for batches:
+against the aims of issue 5, the cost per token of a continuous cache (--cache N, issue 15;
+0: no cache rows), and the machine's matrix-product ceiling for batches:
 
     single stream >= 3,000 tok/s;  64 batched >= 30x single;  beam-5 step <= 2.5x greedy step
 
@@ -19,9 +20,10 @@ import time
 
 import torch
 
+from lmgen.adaptive import CacheConfig
 from lmgen.config import ModelConfig
 from lmgen.model import RNNLM
-from lmgen.sampling import GenerationConfig, beam_search, generate, half_supported
+from lmgen.sampling import GenerationConfig, beam_search, generate, half_supported, prime
 from lmgen.tokenizer import build_tokenizer
 
 
@@ -61,6 +63,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", nargs="+", choices=["float32", "float16"],
                         help="step weights to time (default: both where float16 is supported)")
+    parser.add_argument("--cache", type=int, default=500, metavar="N",
+                        help="also time one stream with a continuous cache of N pairs (0: not)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,6 +77,7 @@ def main() -> None:
     precisions = args.precision or (["float32", "float16"] if half_supported() and args.device == "cpu"
                                     else ["float32"])
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    cached = lambda: prime(model, tok, "", cache=CacheConfig(args.cache))  # noqa: E731
     cases = {}
     for precision in precisions:
         # min_new_tokens = N bars [END], so every run makes exactly N tokens per stream
@@ -85,6 +90,9 @@ def main() -> None:
         cases[precision, "top-p"] = lambda c=top_p: generate(model, tok, "", c, generator=g())
         cases[precision, "batch"] = lambda c=batch: generate(model, tok, "", c, generator=g())
         cases[precision, "beam"] = lambda c=beam: beam_search(model, tok, "", c)
+        if args.cache:  # a context primed with a cache: generation samples the mixture
+            cases[precision, "greedy+cache"] = lambda c=greedy: generate(model, tok, cached(), c)
+            cases[precision, "top-p+cache"] = lambda c=top_p: generate(model, tok, cached(), c, generator=g())
     t = interleaved(cases, args.repeats)
     print(f"{'precision':<10}{'case':<26}{'tok/s':>10}{'ms/step':>10}   aim")
     for precision in precisions:
@@ -102,6 +110,11 @@ def main() -> None:
             ("beam width 5", N / t_beam, t_beam, f"step <= 2.5x greedy: {beam_ratio:.2f}x "
                                                  f"({'met' if beam_ratio <= 2.5 else 'NOT met'})"),
         ]
+        if args.cache:
+            for case, plain in (("greedy", t_greedy), ("top-p", t_top_p)):
+                seconds = t[precision, case + "+cache"]
+                cost = f"cost {(seconds - plain) / N * 1e6:+.0f} us/token ({seconds / plain:.2f}x the plain step)"
+                rows.append((f"{case}, cache N={args.cache}", N / seconds, seconds, cost))
         for case, rate, seconds, aim in rows:
             print(f"{precision:<10}{case:<26}{rate:>10,.0f}{seconds / N * 1e3:>10.3f}   {aim}", flush=True)
     if args.device == "cpu":

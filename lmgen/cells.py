@@ -28,7 +28,7 @@ LSTM's and an RNN's can (:func:`split_bias`).
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import Callable, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +42,8 @@ GATES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n"), "rnn": ("h",)}
 MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 # ATen's fused one-step kernels (their arithmetic is nn.LSTM's / nn.GRU's / nn.RNN's).
 _ATEN_STEPS = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn": torch.rnn_tanh_cell}
+# ... and whole-sequence kernels: what nn.LSTM / nn.GRU / nn.RNN call, here on weights we pass.
+_ATEN_SEQUENCES = {"lstm": torch.lstm, "gru": torch.gru, "rnn": torch.rnn_tanh}
 
 Weights = tuple[Tensor, Tensor, Tensor, Tensor]  # w_ih [G*H, E], w_hh [G*H, H], b_ih [G*H], b_hh [G*H]
 # One layer's state: LSTM (h, c), each [B, H]; GRU and RNN h [B, H].
@@ -167,6 +169,57 @@ def gru_gates(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     r, z = a[..., : 2 * H].add_(b[..., : 2 * H]).sigmoid_().chunk(2, -1)
     n = torch.addcmul(a[..., 2 * H :], r, b[..., 2 * H :]).tanh_()  # r after the recurrent product (cuDNN style)
     return r, z, n
+
+
+# -- a whole sequence (training with dropped weights or locked dropout) ------------------
+
+
+def run_stack(cell: str, x: Tensor, state: LayerState | None, weights: Sequence[Weights], dropout: float = 0.0,
+              train: bool = False, between: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, LayerState]:
+    """L stacked layers over x [B, T, E] with the fused kernel, on weights passed as tensors.
+
+    The fused module's own call, with ``weights`` (one :data:`Weights` per layer) in place
+    of its parameters: the same kernel and numbers, but the weights may be functions of the
+    parameters (weight drop), through which gradients reach them. ``state`` is [L, B, H]
+    (LSTM: (h, c)), or None for zeros. Returns out [B, T, H] and the state after the last step.
+
+    ``between`` None: one kernel call for all layers, with per-step dropout of p=``dropout``
+    between layers when ``train`` (the module's own). Else layer by layer, each layer's
+    output going through ``between`` (e.g. locked dropout) before the next layer reads it.
+
+    >>> rnn = build("lstm", input_size=4, hidden=3, layers=2)
+    >>> x = torch.randn(2, 5, 4)
+    >>> out, _ = run_stack("lstm", x, None, [layer_weights(rnn, k) for k in range(2)])
+    >>> torch.equal(out, rnn(x)[0])
+    True
+    """
+    L, H = len(weights), weights[0][1].shape[1]
+    if state is None:  # as the fused module does: zeros in the input's dtype
+        h = x.new_zeros(L, x.shape[0], H)
+        state = (h, h.clone()) if cell == "lstm" else h
+    if between is None:
+        return _run_layers(cell, x, state, weights, dropout, train)
+    states = []
+    for layer, layer_w in enumerate(weights):
+        if layer > 0:
+            x = between(x)
+        layer_state = tuple(s[layer : layer + 1] for s in state) if cell == "lstm" else state[layer : layer + 1]
+        x, layer_state = _run_layers(cell, x, layer_state, [layer_w], 0.0, train)
+        states.append(layer_state)
+    if cell == "lstm":
+        return x, (torch.cat([s[0] for s in states]), torch.cat([s[1] for s in states]))
+    return x, torch.cat(states)
+
+
+def _run_layers(cell: str, x: Tensor, state: LayerState, weights: Sequence[Weights], dropout: float,
+                train: bool) -> tuple[Tensor, LayerState]:
+    """One call of ATen's whole-sequence kernel (batch first, one direction, with biases)."""
+    flat = [w for layer in weights for w in layer]
+    if cell == "lstm":
+        out, h, c = _ATEN_SEQUENCES[cell](x, state, flat, True, len(weights), dropout, train, False, True)
+        return out, (h, c)
+    out, h = _ATEN_SEQUENCES[cell](x, state, flat, True, len(weights), dropout, train, False, True)
+    return out, h
 
 
 # -- a whole sequence (trace) ------------------------------------------------------------

@@ -5,9 +5,11 @@ A checkpoint is a folder::
     config.json         format version, lmgen version, model / tokenizer / training config,
                         corpus name + fingerprint, metrics at save time
     tokenizer.json      the vocabulary (+ tokenizer.model for SentencePiece)
-    model.safetensors   the weights: plain tensors, no pickled code
+    model.safetensors   the weights: plain tensors, no pickled code (with --average or
+                        NT-ASGD the averaged weights, which inference uses)
     train_state.pt      optimiser, schedule, RNG states, data position, carried hidden
-                        state; read with ``torch.load(weights_only=True)``
+                        state, when averaging the raw weights; read with
+                        ``torch.load(weights_only=True)``
 
 It is written into a temporary sibling folder, fsynced, then renamed into place, so a
 crash mid-save leaves the previous checkpoint intact. A run folder (``--out``) holds
@@ -45,9 +47,10 @@ STATE_FILE = "train_state.pt"
 CONFIG_CAP = 1 << 20
 TOKENIZER_CAP = 64 << 20
 HEADER_CAP = 1 << 20
-# train_state.pt holds the optimiser's moments (AdamW: 2 per weight), the carried state and
-# small plain data: never more than this multiple of the weights, plus a margin.
-STATE_FACTOR, STATE_MARGIN = 4, 256 << 20
+# train_state.pt holds the optimiser's moments (AdamW: 2 per weight), with --average or NT-ASGD
+# the raw weights and their average (2 more), the carried state and small plain data: never
+# more than this multiple of the weights, plus a margin.
+STATE_FACTOR, STATE_MARGIN = 5, 256 << 20
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
@@ -291,8 +294,12 @@ def check_weights_fit(cfg: ModelConfig, header: dict[str, Any], path: Path) -> N
         if layers != cfg.layers:
             raise CheckpointError(f"{path} holds {layers} recurrent layers but config.json says {cfg.layers}; "
                                   "the config and the weights come from different runs")
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
+    try:  # on the meta device nothing is allocated, but absurd sizes still overflow
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
+    except (RuntimeError, ValueError, OverflowError) as exc:
+        raise CheckpointError(f"{path}: config.json describes a model that cannot be built "
+                              f"({str(exc)[:120]}); the config and the weights come from different runs") from None
     aliases = (header.get("__metadata__") or {}).keys() - {"format"}
     for name, shape in expected.items():
         found = tensors.get(name)

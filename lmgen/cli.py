@@ -108,8 +108,23 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .sampling import generate, prime, stream_samples
 
     config = _generation_config(args)  # bad flags fail before the checkpoint loads
+    cache, dynamic, _ = _adaptive_configs(args, args.adapt)
+    if cache is not None and config.strategy == "beam":
+        raise ConfigError("--cache works with greedy search and sampling, not with --beam")
     ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
-    ctx = prime(ckpt.model, ckpt.tokenizer, args.prompt, unknown="error" if args.strict_prompt else "replace")
+    model = ckpt.model
+    if dynamic is not None and args.prompt:  # learn the prompt first: the sample leans towards it
+        from .adaptive import live_adaptation
+
+        live = live_adaptation(ckpt, dynamic)
+        print(f"lmgen: --adapt: gradient statistics on up to {dynamic.stats_tokens:,} training tokens...",
+              file=sys.stderr)
+        live.switch(True)
+        steps = live.learn(ckpt.tokenizer.encode(args.prompt), ckpt.tokenizer.end_id)
+        model = live.model
+        print(f"lmgen: adapted to the prompt: {steps} dynamic-evaluation steps (the checkpoint is unchanged)",
+              file=sys.stderr)
+    ctx = prime(model, ckpt.tokenizer, args.prompt, unknown="error" if args.strict_prompt else "replace", cache=cache)
     if ctx.unknown:
         print(f"lmgen: warning: the vocabulary lacks {', '.join(map(repr, ctx.unknown))} (in the prompt); "
               "they became <unk> (--strict-prompt refuses instead)", file=sys.stderr)
@@ -117,7 +132,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     n = config.num_return_sequences
     out = sys.stdout
     if config.strategy == "beam":
-        for rank, s in enumerate(generate(ckpt.model, ckpt.tokenizer, ctx, config)):
+        for rank, s in enumerate(generate(model, ckpt.tokenizer, ctx, config)):
             about = f"score {s.score:.4f}, normalised {s.normalized:.4f}, {len(s.ids)} tokens, " + (
                 "ended by [END]" if s.stop == "end" else "cut at --max-new-tokens")
             if n > 1:
@@ -127,7 +142,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             out.write(args.prompt + s.text + "\n")
         return 0
     shown = -1
-    for index, piece in stream_samples(ckpt.model, ckpt.tokenizer, ctx, config, generator=generator):
+    for index, piece in stream_samples(model, ckpt.tokenizer, ctx, config, generator=generator):
         while shown < index:  # the next sample starts (samples with no text included)
             shown += 1
             out.write(("\n" if shown else "") + (f"--- sample {shown + 1} of {n} ---\n" if n > 1 else "")
@@ -150,6 +165,12 @@ def _generation_config(args: argparse.Namespace) -> Any:
         max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
         num_samples=getattr(args, "num_samples", 1), precision=args.precision,
     )
+
+
+def _add_threads_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", default="auto", metavar="N|auto",
+                   help="CPU threads: auto = the cores other processes leave free (lmgen/cores.py), "
+                        "or a number (default auto)")
 
 
 def _add_generation_flags(p: argparse.ArgumentParser, samples: bool = True) -> None:
@@ -183,10 +204,65 @@ def _add_generation_flags(p: argparse.ArgumentParser, samples: bool = True) -> N
     p.add_argument("--seed", type=_seed, default=0, help="random seed: the same seed gives the same text (default 0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: CUDA when present (default auto)")
+    _add_threads_flag(p)
     p.add_argument("--precision", choices=["auto", "float32", "float16"], default="auto",
                    help="weights used at each step: float16 = packed half-precision copies, float32 arithmetic "
                         "(CPU, x86; 2-3x faster for one stream, logits within ~1e-3); float32 = the model's own "
                         "numbers; auto = float16 where supported (default auto)")
+
+
+def _add_adaptive_flags(p: argparse.ArgumentParser, command: str) -> None:
+    """The continuous cache and dynamic evaluation (lmgen/adaptive/), for eval, sample and repl."""
+    g = p.add_argument_group("adapting to the text: continuous cache (Grave et al. 2017), dynamic evaluation "
+                             "(Krause et al. 2018); see docs/adaptive.md")
+    g.add_argument("--cache", type=int, default=None, metavar="N",
+                   help="mix in a cache of the last N (hidden state, next token) pairs, e.g. 500 (default: off)")
+    g.add_argument("--cache-theta", type=float, default=None, metavar="THETA",
+                   help="cache: sharpness of the state similarity (default 0.3)")
+    g.add_argument("--cache-lambda", type=float, default=None, metavar="LAMBDA",
+                   help="cache: its weight in the mixture, in [0, 1] (default 0.1)")
+    if command == "eval":
+        g.add_argument("--dynamic", action="store_true",
+                       help="dynamic evaluation: score each segment, then take a gradient step on it "
+                            "(on a copy of the weights; default: off)")
+    else:
+        what = "the prompt before sampling" if command == "sample" else "the text you type (:adapt on)"
+        g.add_argument("--adapt", action="store_true", help=f"take dynamic-evaluation steps on {what} (default: off)")
+    g.add_argument("--dyn-lr", type=float, default=None, metavar="ETA", help="dynamic: learning rate (default 1e-4)")
+    g.add_argument("--dyn-decay", type=float, default=None, metavar="LAMBDA",
+                   help="dynamic: pull towards the trained weights per step (default 0.02)")
+    g.add_argument("--dyn-segment", type=int, default=None, metavar="T",
+                   help="dynamic: tokens scored, then learned, at a time (default 20)")
+    g.add_argument("--dyn-stats-tokens", type=int, default=None, metavar="N",
+                   help="dynamic: training tokens for the gradient statistics MS_g (default 100000)")
+    if command == "eval":
+        g.add_argument("--tune-on", default=None, metavar="SPLIT",
+                       help="choose the values not given (theta, lambda, lr, decay) by a grid on SPLIT "
+                            "(valid) of the training corpus, before the evaluated split is read (default: "
+                            "the values as given)")
+        g.add_argument("--tune-tokens", type=int, default=0, metavar="N",
+                       help="tune on the first N tokens of that split only (default 0: all)")
+
+
+def _adaptive_configs(args: argparse.Namespace, dynamic_on: bool) -> tuple[Any, Any, list[str]]:
+    """(CacheConfig or None, DynamicConfig or None, the tunable values given explicitly) from the flags."""
+    from .adaptive import CacheConfig, DynamicConfig
+
+    cache_values = {"theta": args.cache_theta, "lam": args.cache_lambda}
+    if args.cache is None and any(v is not None for v in cache_values.values()):
+        raise ConfigError("--cache-theta and --cache-lambda set the cache: add --cache N")
+    dyn_values = {"lr": args.dyn_lr, "decay": args.dyn_decay, "segment": args.dyn_segment,
+                  "stats_tokens": args.dyn_stats_tokens}
+    if not dynamic_on and any(v is not None for v in dyn_values.values()):
+        switch = "--dynamic" if "dynamic" in args else "--adapt"
+        raise ConfigError(f"the --dyn-* flags set dynamic evaluation: add {switch}")
+    cache = None
+    if args.cache is not None:
+        cache = CacheConfig(args.cache, **{k: v for k, v in cache_values.items() if v is not None})
+    dynamic = DynamicConfig(**{k: v for k, v in dyn_values.items() if v is not None}) if dynamic_on else None
+    given = [name for name, v in (("theta", args.cache_theta), ("lambda", args.cache_lambda), ("lr", args.dyn_lr),
+                                  ("decay", args.dyn_decay)) if v is not None]
+    return cache, dynamic, given
 
 
 def add_sample_parser(sub: Any) -> None:
@@ -200,13 +276,15 @@ def add_sample_parser(sub: Any) -> None:
                "  lmgen sample checkpoints/run --prompt 'def ' --temperature 0.8 --top-p 0.95\n"
                "  lmgen sample checkpoints/run --greedy --max-new-tokens 200\n"
                "  lmgen sample checkpoints/run --beam 5 --num-samples 3 --length-penalty 1.0\n"
-               "  lmgen sample checkpoints/run --num-samples 3 --seed 1",
+               "  lmgen sample checkpoints/run --num-samples 3 --seed 1\n"
+               "  lmgen sample checkpoints/run --prompt \"$(cat letter.txt)\" --cache 500 --adapt",
     )
     p.add_argument("checkpoint", help="checkpoint folder, or run folder (its best/, else last/)")
     p.add_argument("--prompt", default="", help="text to continue (default: empty, a new document)")
     p.add_argument("--strict-prompt", action="store_true",
                    help="refuse a prompt with symbols the vocabulary lacks (default: they become <unk>)")
     _add_generation_flags(p)
+    _add_adaptive_flags(p, "sample")
     p.set_defaults(func=cmd_sample)
 
 
@@ -241,13 +319,16 @@ def add_corpus_parser(sub: Any) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
+    from .adaptive import AdaptiveRequest
     from .devices import resolve_device
     from .evaluate import evaluate_checkpoint
 
+    cache, dynamic, given = _adaptive_configs(args, args.dynamic)
+    adaptive = AdaptiveRequest(cache, dynamic, args.tune_on, args.tune_tokens, given)
     report = evaluate_checkpoint(
         args.checkpoint, split=args.split, corpus=args.corpus, batch=args.batch, bptt=args.bptt,
         exact=args.exact, baselines=args.baseline or [], separator=args.separator,
-        device=str(resolve_device(args.device)), max_tokens=args.max_tokens,
+        device=str(resolve_device(args.device)), max_tokens=args.max_tokens, adaptive=adaptive,
     )
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
     return 0
@@ -263,7 +344,8 @@ def add_eval_parser(sub: Any) -> None:
                     "but each stream after the first starts from the zero state mid-text, losing context for "
                     "its first tokens (a slightly pessimistic figure). --exact runs one stream.",
         epilog="examples:\n  lmgen eval checkpoints/ptb --split test --exact --baseline ngram:5\n"
-               "  lmgen eval checkpoints/shakespeare --split notes.txt --json")
+               "  lmgen eval checkpoints/shakespeare --split notes.txt --json\n"
+               "  lmgen eval checkpoints/ptb --exact --cache 500 --dynamic --tune-on valid")
     p.add_argument("checkpoint", help="checkpoint folder or run folder (its best/ is used)")
     p.add_argument("--split", default=None,
                    help="valid, test, train, or the path of a text file (default: test, else valid)")
@@ -278,7 +360,9 @@ def add_eval_parser(sub: Any) -> None:
                    help="for a text file: where documents ([END]) end (default: as the training corpus)")
     p.add_argument("--max-tokens", type=int, default=0, help="score only the first N tokens (0 = all)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="where to run the model")
+    _add_threads_flag(p)
     p.add_argument("--json", action="store_true", help="print every figure as JSON")
+    _add_adaptive_flags(p, "eval")
     p.set_defaults(func=cmd_eval)
 
 
@@ -318,16 +402,23 @@ def add_plot_parser(sub: Any) -> None:
 
 # --- repl (issue 5: lmgen/repl.py) ------------------------------------------------------
 def cmd_repl(args: argparse.Namespace) -> int:
+    from .adaptive import DynamicConfig, live_adaptation
     from .checkpoint import load_checkpoint
     from .devices import resolve_device
     from .repl import run
 
     config = _generation_config(args)
+    cache, dynamic, _ = _adaptive_configs(args, True)  # the --dyn-* flags set :adapt's steps, on or off
     ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
     m = ckpt.model.config
     banner = (f"lmgen repl: {ckpt.folder} ({ckpt.tokenizer.kind} tokenizer, {ckpt.tokenizer.vocab_size} tokens; "
               f"{m.cell} {m.layers}x{m.hidden})")
-    return run(ckpt.model, ckpt.tokenizer, config, seed=args.seed, banner=banner)
+    live = live_adaptation(ckpt, dynamic or DynamicConfig())
+    if args.adapt:
+        print(f"lmgen: --adapt: gradient statistics on up to {live.config.stats_tokens:,} training tokens...",
+              file=sys.stderr)
+        live.switch(True)
+    return run(ckpt.model, ckpt.tokenizer, config, seed=args.seed, banner=banner, cache=cache, adapt=live)
 
 
 def add_repl_parser(sub: Any) -> None:
@@ -343,6 +434,7 @@ def add_repl_parser(sub: Any) -> None:
     )
     p.add_argument("checkpoint", help="checkpoint folder, or run folder (its best/, else last/)")
     _add_generation_flags(p, samples=False)
+    _add_adaptive_flags(p, "repl")
     p.set_defaults(func=cmd_repl)
 
 
@@ -452,6 +544,17 @@ _NEEDS = {"sample": ("stdout",), "eval": ("stdout",), "corpus": ("stdout",), "re
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = _parse(parser, argv)
+    if args.command in _NEEDS or args.command == "train":
+        # Before torch loads: the OpenMP wait policy is read once, then (see lmgen/cores.py).
+        from .cores import apply, prepare
+
+        try:
+            choice = prepare(getattr(args, "threads", "auto"))
+        except LmgenError as exc:
+            print(f"lmgen: error: {exc}", file=sys.stderr)
+            return 1
+        if args.command != "train":  # train() applies (and keeps following) its own choice
+            apply(choice)
     # Started with a stream closed (`>&-`, `<&-`), Python sets it to None: one line, not a traceback.
     for name in _NEEDS.get(args.command, ()):
         stream = getattr(sys, name)

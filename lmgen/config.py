@@ -164,7 +164,8 @@ class TrainConfig:
     device: str = _help("device: auto (CUDA when present), cpu or cuda", default="auto")
     amp: bool = _help("bf16 autocast on CUDA (ignored on CPU)", default=True)
     compile: bool = _help("compile the model with torch.compile", default=False)
-    threads: int = _help("CPU threads for torch (0 = torch's default)", default=0)
+    threads: str = _help("CPU threads: auto = the cores other processes leave free, rechecked while training "
+                         "(see lmgen/cores.py), or a number", default="auto")
     max_nonfinite: int = _help("stop after this many non-finite losses in a row (each is skipped)", default=10)
     out: str = _help("run folder: checkpoints (last/, best/) and metrics.jsonl", default="checkpoints/run")
     resume: bool = _help("continue the run in --out from its last checkpoint", default=False)
@@ -181,10 +182,12 @@ class TrainConfig:
         for name in ("batch", "bptt", "eval_every", "log_every", "spm_vocab", "min_count"):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 1, name, "a whole number >= 1", value)
-        for name in ("steps", "warmup", "patience", "eval_tokens", "max_vocab", "threads", "max_nonfinite"):
+        for name in ("steps", "warmup", "patience", "eval_tokens", "max_vocab", "max_nonfinite"):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 0, name, "a whole number >= 0", value)
-        _check(self.threads <= MAX_THREADS, "threads", f"at most {MAX_THREADS}", self.threads)
+        self.threads = str(self.threads)
+        _check(self.threads == "auto" or (self.threads.isdigit() and int(self.threads) <= MAX_THREADS), "threads",
+               f"auto or a whole number <= {MAX_THREADS}", self.threads)
         _check(0 <= self.seed <= MAX_SEED, "seed", "a whole number in [0, 2^63)", self.seed)
         _check_out(self.out)
         _check(self.epochs >= 0, "epochs", ">= 0", self.epochs)
@@ -248,7 +251,8 @@ def parse_duration(text: str, name: str = "time") -> float:
     return float(match.group(1)) * _UNITS[match.group(2) or ""]
 
 
-_TYPES = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
+# A whole number is fine text too (TOML `threads = 2`, an older run's `threads: 0`).
+_TYPES = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str, int)}
 
 
 def from_dict(cls: type, values: dict[str, Any]) -> Any:
@@ -265,6 +269,7 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
         if wrong:
             kind = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "text"}
             raise ConfigError(f"{flag(name)} must be {kind[str(fields[name].type)]}, got {value!r}")
+    values = {k: str(v) if str(fields[k].type) == "str" and isinstance(v, int) else v for k, v in values.items()}
     return cls(**values)
 
 
@@ -458,9 +463,7 @@ def config_from_flags(
                           f"{'--greedy' if greedy else '--beam'}")
     if length_penalty is not None and beam is None:
         raise ConfigError("--length-penalty only applies to beam search; add --beam WIDTH")
-    if beam is not None:
-        if not isinstance(beam, int) or beam < 1:
-            raise ConfigError(f"--beam must be a whole number >= 1, got {beam!r}")
+    if beam is not None:  # GenerationConfig checks the width
         return GenerationConfig(num_beams=beam, do_sample=False,
                                 length_penalty=1.0 if length_penalty is None else length_penalty,
                                 repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -182,11 +183,71 @@ class StreamBatcher:
     def window(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and targets of window ``k``: two int64 tensors [B, t] with t <= T."""
         assert 0 <= k < self.num_windows
-        start = k * self.bptt
-        stop = min(start + self.bptt, self.length - 1)
+        return self.span(k * self.bptt, self.bptt)
+
+    def span(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets of ``length`` tokens from token ``start`` of every stream: [B, t], t <= length.
+
+        The window of variable-length BPTT (:class:`WindowLengths`); ``window(k)`` is
+        ``span(k * T, T)``. The last one of a pass is cut short where the streams end.
+        """
+        assert 0 <= start < self.length - 1 and length >= 1
+        stop = min(start + length, self.length - 1)
         chunk = torch.from_numpy(np.ascontiguousarray(self.streams[:, start : stop + 1]).astype(np.int64))
         return chunk[:, :-1], chunk[:, 1:]
 
     def __iter__(self):
         for k in range(self.num_windows):
             yield self.window(k)
+
+
+class WindowLengths:
+    """How long each window of truncated BPTT is: T, or drawn around T per batch (``--bptt-jitter`` σ).
+
+    With σ > 0, as AWD-LSTM (Merity et al. 2018, section 4.1) does: a base of T, or T/2
+    with probability 5 %, plus N(0, σ²) tokens, rounded, at least 5 and at most 2T. Every
+    start offset of the streams then gets trained on across epochs, not only multiples of
+    T. The draws come from a generator of their own, seeded by ``seed``: every rank draws
+    the same lengths, and its state (:meth:`state_dict`) is part of ``train_state.pt``, so
+    a resumed run draws what the interrupted one would have.
+
+    >>> lengths = WindowLengths(bptt=70, jitter=5.0, seed=0)
+    >>> all(5 <= lengths.draw() <= 140 for _ in range(100))
+    True
+    >>> WindowLengths(bptt=70).draw()
+    70
+    """
+
+    SHORT = 0.05  # the chance of a T/2 base
+    SHORTEST = 5
+
+    def __init__(self, bptt: int, jitter: float = 0.0, seed: int = 0):
+        self.bptt, self.jitter = bptt, jitter
+        self.generator = torch.Generator().manual_seed(seed) if jitter else None
+        self.longest = max(2 * bptt, self.SHORTEST) if jitter else bptt
+
+    def draw(self) -> int:
+        """The next window's length (T when fixed; no draw is made then)."""
+        if self.generator is None:
+            return self.bptt
+        short, noise = torch.rand(1, generator=self.generator).item(), torch.randn(1, generator=self.generator).item()
+        base = self.bptt / 2 if short < self.SHORT else self.bptt
+        return min(max(self.SHORTEST, int(round(base + self.jitter * noise))), self.longest)
+
+    def per_epoch(self, stream_length: int) -> int:
+        """Windows in one pass over streams of ``stream_length`` tokens (expected, when drawn).
+
+        The mean draw, (1 - 5 %) T + 5 % T/2, sets the step budget of ``--epochs``; the
+        clamping to [5, 2T] is left out of it.
+        """
+        mean = self.bptt if self.generator is None else max(self.SHORTEST, (1 - self.SHORT / 2) * self.bptt)
+        return math.ceil((stream_length - 1) / mean)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The generator's state: empty for fixed windows (nothing is drawn)."""
+        return {} if self.generator is None else {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Continue the draws that :meth:`state_dict` saved (a fixed-window save leaves the seeded start)."""
+        if self.generator is not None and "generator" in state:
+            self.generator.set_state(state["generator"])

@@ -20,6 +20,9 @@ Two modes, one code path (:func:`evaluate_tokens`):
 training batcher, which also drops the first token of every stream and the N mod B
 tokens at the end.)
 
+The continuous cache and dynamic evaluation (:mod:`lmgen.adaptive`) score the same layout;
+their API is importable from here too (``from lmgen.evaluate import CacheConfig, ...``).
+
 >>> result = evaluate_tokens(model, token_file.tokens, batch=1)  # doctest: +SKIP
 >>> result.perplexity, result.bits_per_char  # doctest: +SKIP
 """
@@ -234,14 +237,7 @@ def evaluate_tokens(
     N = int(tokens.shape[0])
     if N == 0:
         return EvalResult(0, 0.0, chars=chars, num_bytes=num_bytes, batch=1, bptt=bptt, label=label)
-    B = min(batch, max(1, N // MIN_STREAM))  # very short streams would be mostly context-free
-    L = -(-N // B)  # targets per stream
-    padded = np.full(B * L + 1, end_id, dtype=np.int64)
-    padded[1 : N + 1] = tokens
-    inputs = padded[: B * L].reshape(B, L)
-    targets = padded[1:].reshape(B, L)
-    valid = (np.arange(B * L) < N).reshape(B, L)
-
+    inputs, targets, valid = stream_layout(tokens, batch, end_id)
     device = _device_of(model)
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
@@ -249,10 +245,7 @@ def evaluate_tokens(
     start = time.perf_counter()
     nll, state = 0.0, None
     try:
-        for t0 in range(0, L, bptt):
-            x = torch.from_numpy(inputs[:, t0 : t0 + bptt]).to(device)  # [B, T]
-            y = torch.from_numpy(targets[:, t0 : t0 + bptt]).to(device)
-            mask = torch.from_numpy(valid[:, t0 : t0 + bptt]).to(device)
+        for _, x, y, mask in stream_windows(inputs, targets, valid, bptt, device):
             logp, state = target_log_probs(model, x, y, state, amp)
             nll -= float(logp[mask].sum())
     finally:
@@ -260,9 +253,33 @@ def evaluate_tokens(
             model.train(was_training)
     return EvalResult(
         tokens=N, nll=nll, end_tokens=int(np.count_nonzero(tokens == end_id)),
-        unknown=int(np.count_nonzero(tokens == unk_id)), chars=chars, num_bytes=num_bytes, batch=B, bptt=bptt,
+        unknown=int(np.count_nonzero(tokens == unk_id)), chars=chars, num_bytes=num_bytes, batch=inputs.shape[0],
+        bptt=bptt,
         seconds=time.perf_counter() - start, label=label,
     )
+
+
+def stream_layout(tokens: np.ndarray, batch: int, end_id: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The N targets of ``tokens`` cut into B <= ``batch`` streams of L = ceil(N/B):
+    inputs, targets [B, L] int64 and valid [B, L] bool (the last stream's padding is False).
+
+    Stream b scores targets bL .. bL+L-1 of the text, so row-major order is text order.
+    """
+    N = int(tokens.shape[0])
+    B = min(batch, max(1, N // MIN_STREAM))  # very short streams would be mostly context-free
+    L = -(-N // B)  # targets per stream
+    padded = np.full(B * L + 1, end_id, dtype=np.int64)
+    padded[1 : N + 1] = tokens
+    return padded[: B * L].reshape(B, L), padded[1:].reshape(B, L), (np.arange(B * L) < N).reshape(B, L)
+
+
+def stream_windows(inputs: np.ndarray, targets: np.ndarray, valid: np.ndarray, length: int, device: Any):
+    """Windows of ``length`` steps of :func:`stream_layout`'s streams, in order:
+    (first step, x [B, T], y [B, T], mask [B, T]) on ``device``."""
+    for t0 in range(0, inputs.shape[1], length):
+        cut = slice(t0, t0 + length)
+        yield (t0, torch.from_numpy(inputs[:, cut]).to(device), torch.from_numpy(targets[:, cut]).to(device),
+               torch.from_numpy(valid[:, cut]).to(device))
 
 
 # --------------------------------------------------------------------------- text sources
@@ -347,10 +364,17 @@ class EvalReport:
     source: str  # e.g. "ptb test" or "the text file notes.txt"
     results: list[EvalResult]
     unknown_symbols: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # printed after the figures (e.g. where tuned values came from)
+    tuning: dict[str, Any] | None = None  # the adaptive methods' grid search, for --json
 
     def to_dict(self) -> dict[str, Any]:
-        return {"checkpoint": self.checkpoint, "source": self.source, "unknown_symbols": self.unknown_symbols,
-                "results": [r.to_dict() for r in self.results]}
+        row = {"checkpoint": self.checkpoint, "source": self.source, "unknown_symbols": self.unknown_symbols,
+               "results": [r.to_dict() for r in self.results]}
+        if self.notes:
+            row["notes"] = self.notes
+        if self.tuning is not None:
+            row["tuning"] = self.tuning
+        return row
 
     def format(self) -> str:
         """Human-readable lines: what was measured, the figures, and the comparison."""
@@ -365,9 +389,11 @@ class EvalReport:
                          "scored like any other token")
         width = max(len(r.label) for r in self.results)
         for r in self.results:
-            lines.append(f"  {r.label:<{width}}  {r.summary()}  [{r.seconds:.1f} s]")
+            settings = f"  {r.extra['settings']}" if r.extra.get("settings") else ""
+            lines.append(f"  {r.label:<{width}}  {r.summary()}  [{r.seconds:.1f} s]{settings}")
         if len(self.results) > 1:
             lines.append("  " + " vs ".join(f"{r.label} {r.perplexity:.1f}" for r in self.results) + " (perplexity)")
+        lines += [f"  {note}" for note in self.notes]
         return "\n".join(lines)
 
 
@@ -394,6 +420,42 @@ def _unknown_symbols(tokenizer: Any, corpus: Any, split: str, limit: int = 20) -
     return list(found)[:limit]
 
 
+def checkpoint_corpus(ckpt: Any, corpus: str | None = None) -> Any:
+    """The corpus a checkpoint was trained on (or ``corpus``, a NAME|PATH), resolved but not read."""
+    from . import corpora
+    from .errors import ConfigError, CorpusError
+
+    trained_on = ckpt.config.get("corpus") or {}
+    errors = (ckpt.config.get("train") or {}).get("encoding_errors", "strict")
+    name = corpus or trained_on.get("source") or trained_on.get("name")
+    if not name:
+        raise ConfigError("the checkpoint does not say which corpus it was trained on; pass --corpus NAME")
+    try:
+        return corpora.resolve(name, errors=errors)
+    except CorpusError as exc:
+        raise CorpusError(f"{exc} (the checkpoint was trained on {name!r}; pass --corpus NAME|PATH)") from None
+
+
+def _evaluated_text(ckpt: Any, split: str | None, corpus: str | None, separator: str | None) -> tuple:
+    """(corpus, split, label, whether it is a split of the training corpus) for ``lmgen eval --split``."""
+    from . import corpora
+    from .errors import ConfigError
+
+    trained_on = ckpt.config.get("corpus") or {}
+    if split is None or split in corpora.SPLIT_NAMES:
+        source_corpus = checkpoint_corpus(ckpt, corpus)
+        if split is None:
+            split = "test" if "test" in source_corpus.splits else "valid"
+        if trained_on.get("fingerprint") not in (None, source_corpus.fingerprint) and corpus is None:
+            raise ConfigError(f"corpus {source_corpus.name!r} has changed since the checkpoint was trained; "
+                              "pass --corpus to evaluate on it anyway")
+        return source_corpus, split, f"{source_corpus.name} {split}", True
+    if separator is None:
+        spec = corpora.REGISTRY.get(trained_on.get("name", ""))
+        separator = spec.separator if spec else "none"
+    return file_corpus(split, separator), "test", f"the text file {split} (documents end at: {separator})", False
+
+
 def evaluate_checkpoint(
     path: str,
     *,
@@ -406,20 +468,24 @@ def evaluate_checkpoint(
     separator: str | None = None,
     device: str = "cpu",
     max_tokens: int = 0,
+    adaptive: Any = None,
 ) -> EvalReport:
     """What ``lmgen eval`` does: score a checkpoint on a split (default test, else valid)
     of its training corpus (or ``corpus``), or on any text file; then each baseline
     (``"ngram:5"``: a 5-gram KN LM fitted to the same corpus's training split with the
     same tokenizer), with the same evaluator on the same tokens.
 
+    ``adaptive`` (an :class:`lmgen.adaptive.AdaptiveRequest`) adds the continuous cache and/or
+    dynamic evaluation, with their values tuned on a validation split first when it asks:
+    that split and the training split are read before the evaluated one is.
+
     >>> print(evaluate_checkpoint("checkpoints/ptb", split="test", baselines=["ngram:5"]).format())  # doctest: +SKIP
     """
     from pathlib import Path
 
-    from . import corpora
     from .checkpoint import load_checkpoint
     from .data import encode_split
-    from .errors import ConfigError, CorpusError
+    from .errors import ConfigError
     from .ngram import NgramLM
 
     orders = [parse_baseline(b) for b in baselines]
@@ -427,43 +493,43 @@ def evaluate_checkpoint(
         raise ConfigError(f"--batch and --bptt must be >= 1, got --batch {batch} --bptt {bptt}")
     ckpt = load_checkpoint(path, device)
     tokenizer = ckpt.tokenizer
-    trained_on = ckpt.config.get("corpus") or {}
-    errors = (ckpt.config.get("train") or {}).get("encoding_errors", "strict")
+    eval_corpus, eval_split, label, own = _evaluated_text(ckpt, split, corpus, separator)
+    B = 1 if exact else batch
+    plan = None
+    if adaptive is not None and adaptive.active:
+        from .adaptive import plan_methods
 
-    def training_corpus() -> corpora.Corpus:
-        name = corpus or trained_on.get("source") or trained_on.get("name")
-        if not name:
-            raise ConfigError("the checkpoint does not say which corpus it was trained on; pass --corpus NAME")
-        try:
-            return corpora.resolve(name, errors=errors)
-        except CorpusError as exc:
-            raise CorpusError(f"{exc} (the checkpoint was trained on {name!r}; pass --corpus NAME|PATH)") from None
-
-    if split is None or split in corpora.SPLIT_NAMES:
-        source_corpus = training_corpus()
-        if split is None:
-            split = "test" if "test" in source_corpus.splits else "valid"
-        if trained_on.get("fingerprint") not in (None, source_corpus.fingerprint) and corpus is None:
-            raise ConfigError(f"corpus {source_corpus.name!r} has changed since the checkpoint was trained; "
-                              "pass --corpus to evaluate on it anyway")
-        eval_corpus, eval_split, label = source_corpus, split, f"{source_corpus.name} {split}"
-    else:
-        if separator is None:
-            spec = corpora.REGISTRY.get(trained_on.get("name", ""))
-            separator = spec.separator if spec else "none"
-        eval_corpus, eval_split = file_corpus(split, separator), "test"
-        label = f"the text file {split} (documents end at: {separator})"
+        # before the evaluated split is read: the values must not depend on it
+        plan = plan_methods(ckpt.model, tokenizer, adaptive, checkpoint_corpus(ckpt, corpus), batch=B, bptt=bptt,
+                            evaluated=eval_split if own else None)
     unknown_symbols: list[str] = []
     if encode_split(eval_corpus, tokenizer, eval_split).unknown:
         unknown_symbols = _unknown_symbols(tokenizer, eval_corpus, eval_split)
 
-    B = 1 if exact else batch
     results = [evaluate_split(ckpt.model, tokenizer, eval_corpus, eval_split, batch=B, bptt=bptt,
                               label=model_label(ckpt.model), max_tokens=max_tokens)]
+    if plan is not None:
+        results += plan.evaluate(ckpt.model, tokenizer, eval_corpus, eval_split, max_tokens=max_tokens)
     if orders:
-        train_tokens = encode_split(training_corpus(), tokenizer, "train").tokens
+        train_tokens = encode_split(checkpoint_corpus(ckpt, corpus), tokenizer, "train").tokens
         for order in orders:
             lm = NgramLM.fit(train_tokens, order, tokenizer.vocab_size, tokenizer.end_id)
             results.append(evaluate_split(lm, tokenizer, eval_corpus, eval_split, batch=B, bptt=bptt,
                                           label=lm.label, max_tokens=max_tokens))
-    return EvalReport(str(Path(path)), label, results, unknown_symbols)
+    report = EvalReport(str(Path(path)), label, results, unknown_symbols)
+    if plan is not None:
+        report.notes, report.tuning = plan.notes(), plan.tuning_dict()
+    return report
+
+
+# The adaptive methods' Python API, importable from here (lmgen.adaptive imports this module).
+_ADAPTIVE = ("AdaptiveRequest", "CacheConfig", "DynamicConfig", "evaluate_adaptive", "gradient_statistics",
+             "tune_adaptive")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ADAPTIVE:
+        from . import adaptive
+
+        return getattr(adaptive, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,9 @@
 """The recurrent language model: embedding -> L recurrent layers -> dropout -> decoder.
 
+Training may regularise it AWD-LSTM's way (:mod:`lmgen.regularize`): embedding dropout,
+locked dropout at the input, between layers and before the decoder, and weight drop on
+W_hh; evaluation and generation always run the plain fused layers on the full weights.
+
 The hidden state is explicit: ``logits, state = model(tokens, state)``. Truncated BPTT
 carries ``state`` from one window to the next and cuts the graph with
 :func:`detach_state`; generation feeds one token at a time with the same call. The
@@ -13,7 +17,7 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
-from . import cells
+from . import cells, regularize
 from .config import ModelConfig
 
 # LSTM state is (h, c), each [L, B, H]; GRU and tanh-RNN state is h, [L, B, H].
@@ -34,9 +38,15 @@ class RNNLM(nn.Module):
         assert config.vocab_size > 0, "vocab_size must be set from the tokenizer"
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.embed)
-        self.drop = nn.Dropout(config.dropout)
-        self.rnn = cells.build(config.cell, config.embed, config.hidden, config.layers,
-                               dropout=config.dropout if config.layers > 1 else 0.0)
+        self.drop = nn.Dropout(config.dropout)  # per-step dropout at each place whose locked p is -1
+        # Locked dropout between layers needs the layers one by one; the fused module then
+        # never drops itself (and evaluates, like every module, without dropout).
+        self.locked_between = config.layers > 1 and config.dropout_hidden >= 0.0
+        per_step = config.dropout if config.layers > 1 and not self.locked_between else 0.0
+        self.rnn = cells.build(config.cell, config.embed, config.hidden, config.layers, dropout=per_step)
+        # Training runs the layers functionally when W_hh is dropped or a mask goes between
+        # layers; otherwise (and always in evaluation) through the module itself, as before.
+        self.functional = config.weight_drop > 0.0 or self.locked_between
         self.decoder = nn.Linear(config.hidden, config.vocab_size)
         if config.tie:
             # Press & Wolf 2017 / Inan et al. 2017: one matrix for input and output words.
@@ -70,12 +80,48 @@ class RNNLM(nn.Module):
         zeros = torch.zeros(L, batch, H, device=device)
         return (zeros, zeros.clone()) if self.config.cell == "lstm" else zeros
 
-    def forward(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """tokens [B, T] (int64) and state -> logits [B, T, V] and the state after the last step."""
-        x = self.drop(self.embedding(tokens))  # [B, T, E]
-        out, state = self.rnn(x, state)  # out [B, T, H]
-        logits = self.decoder(self.drop(out))  # [B, T, V]
+    def forward(self, tokens: Tensor, state: State | None = None, return_outputs: bool = False):
+        """tokens [B, T] (int64) and state -> logits [B, T, V] and the state after the last step.
+
+        With ``return_outputs``, also ``(raw, dropped)``: the last layer's output [B, T, H]
+        before and after the output dropout (``dropped`` is what the decoder reads), for the
+        activation penalties AR and TAR (Merity et al. 2018).
+        """
+        cfg = self.config
+        if cfg.dropout_embed > 0.0:
+            x = regularize.embedding_dropout(self.embedding.weight, tokens, cfg.dropout_embed, self.training)
+        else:
+            x = self.embedding(tokens)  # [B, T, E]
+        x = self._dropout(x, cfg.dropout_input)
+        if self.functional and self.training:
+            out, state = self._run_dropped(x, state)
+        else:
+            out, state = self.rnn(x, state)  # out [B, T, H]
+        dropped = self._dropout(out, cfg.dropout_output)
+        logits = self.decoder(dropped)  # [B, T, V]
+        if return_outputs:
+            return logits, state, (out, dropped)
         return logits, state
+
+    def _dropout(self, x: Tensor, p: float) -> Tensor:
+        """x [B, T, E or H] through the dropout of one place: per-step ``--dropout`` if p is -1, else locked."""
+        return self.drop(x) if p < 0.0 else regularize.locked_dropout(x, p, self.training)
+
+    def _run_dropped(self, x: Tensor, state: State | None) -> tuple[Tensor, State]:
+        """The recurrent layers in training, on x [B, T, E], with W_hh dropped and locked dropout between layers.
+
+        The parameters themselves are untouched: each call builds the dropped matrices from them.
+        """
+        cfg = self.config
+        weights = []
+        for layer in range(cfg.layers):
+            w_ih, w_hh, b_ih, b_hh = cells.layer_weights(self.rnn, layer)
+            weights.append((w_ih, regularize.weight_drop(w_hh, cfg.weight_drop, True), b_ih, b_hh))
+        between = None
+        if self.locked_between:
+            def between(h: Tensor) -> Tensor:  # h [B, T, H]
+                return regularize.locked_dropout(h, cfg.dropout_hidden, True)
+        return cells.run_stack(cfg.cell, x, state, weights, dropout=self.rnn.dropout, train=True, between=between)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -119,8 +165,12 @@ class WindowLM(nn.Module):
         device = device if device is not None else self.embedding.weight.device
         return torch.zeros(self.config.window - 1, batch, dtype=torch.long, device=device)
 
-    def forward(self, tokens: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """tokens [B, T] and state [W-1, B] -> logits [B, T, V] and the last W-1 ids [W-1, B]."""
+    def forward(self, tokens: Tensor, state: Tensor | None = None, return_outputs: bool = False):
+        """tokens [B, T] and state [W-1, B] -> logits [B, T, V] and the last W-1 ids [W-1, B].
+
+        With ``return_outputs``, also ``(raw, dropped)``: the last hidden layer [B, T, H]
+        before and after its dropout, as :meth:`RNNLM.forward` gives.
+        """
         B, T = tokens.shape
         W = self.config.window
         if state is None:
@@ -129,8 +179,12 @@ class WindowLM(nn.Module):
         windows = seq.unfold(1, W, 1)  # [B, T, W]: position t sees tokens t-W+1 .. t
         x = self.drop(self.embedding(windows).flatten(2))  # [B, T, W*E]
         for layer in self.hidden:
-            x = self.drop(torch.tanh(layer(x)))  # [B, T, H]
-        return self.decoder(x), seq[:, seq.shape[1] - (W - 1) :].t()
+            raw = torch.tanh(layer(x))  # [B, T, H]
+            x = self.drop(raw)
+        logits, state = self.decoder(x), seq[:, seq.shape[1] - (W - 1) :].t()
+        if return_outputs:
+            return logits, state, (raw, x)
+        return logits, state
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -56,10 +56,13 @@ def _save_history(readline: Any) -> None:
 
 
 def run(model: Any, tokenizer: Any, config: GenerationConfig | None = None, *, seed: int = 0,
-        banner: str = "", out: TextIO | None = None) -> int:
-    """Read prompts and commands until ``:quit`` or Ctrl-D; returns the exit status 0."""
+        banner: str = "", out: TextIO | None = None, cache: Any = None, adapt: Any = None) -> int:
+    """Read prompts and commands until ``:quit`` or Ctrl-D; returns the exit status 0.
+
+    ``cache`` and ``adapt`` are :class:`Session`'s (a continuous cache per text; ``:adapt``).
+    """
     out = out or sys.stdout
-    session = Session(model, tokenizer, config, seed=seed)
+    session = Session(model, tokenizer, config, seed=seed, cache=cache, adapt=adapt)
     readline = _setup_readline()
     # Ctrl-C must reach us as KeyboardInterrupt even when we were started with SIGINT
     # ignored (a background job of a script, some launchers): Python keeps an inherited

@@ -111,8 +111,9 @@ class RunFolder:
         """Fail now, not at the first save, when the disk cannot hold the checkpoints."""
         if not self.writes:
             return
-        # last/ and best/ each hold weights + optimiser moments (~3x the weights), plus a swap copy.
-        need = num_parameters * 4 * 3 * 3
+        # last/ holds the weights, the optimiser's moments and, when averaging, the raw weights
+        # and their average (up to 5x the weights); best/ the weights; plus a swap copy of last/.
+        need = num_parameters * 4 * (5 + 1 + 5)
         free = shutil.disk_usage(self.out).free
         if free < need:
             raise LmgenError(f"only {free / 1e6:.0f} MB free under {self.out}, "
@@ -175,17 +176,19 @@ def saved_config(out: str | os.PathLike) -> dict[str, Any]:
 
 
 # What ``--resume`` may change. The rest fixes what the saved state means: the tokens
-# (corpus decoding, tokenizer), the data position and carried state (batch, bptt, jitter,
-# seed), and the optimiser's and averager's state (optimizer, average, nonmono). The corpus
-# may be named anew (a path instead of a name): train() refuses different content.
+# (corpus decoding, tokenizer), the data position and carried state (batch, bptt, jitter),
+# and the optimiser's and averager's state (optimizer, average, nonmono). The corpus may be
+# named anew (a path instead of a name): train() refuses different content. The seed may
+# change but changes nothing: the saved generators replace it.
 RESUME_MAY_CHANGE = frozenset({
     "corpus", "steps", "epochs", "time", "lr", "weight_decay", "momentum", "clip", "schedule", "warmup", "min_lr",
     "decay_after", "decay_factor", "plateau_factor", "plateau_patience", "patience", "ar", "tar", "eval_every",
     "eval_tokens", "log_every", "device", "amp", "compile", "threads", "max_nonfinite", "out", "resume", "progress",
+    "seed",
 })
 RESUME_FIXED = frozenset({
     "tokenizer", "spm_vocab", "spm_type", "max_vocab", "min_count", "encoding_errors", "batch", "bptt",
-    "bptt_jitter", "seed", "optimizer", "average", "nonmono",
+    "bptt_jitter", "optimizer", "average", "nonmono",
 })
 
 

@@ -2,12 +2,15 @@
 
 Read it top to bottom: :func:`train` claims the run folder; :func:`_train` resolves the
 corpus, builds or loads the tokenizer, encodes the splits to memmaps, builds the model
-and optimiser; :func:`_loop` then steps through windows of T tokens on B streams,
-carrying the hidden state from window to window and cutting the graph between them.
-Every ``--eval-every`` steps: validation loss, ``last/`` checkpoint, and ``best/`` when
-it improved. :class:`~lmgen.train_state.TrainState` is where the run stands; with the
-optimiser, schedule and random generators it is what ``last/train_state.pt`` keeps, so
-that ``--resume`` continues bit for bit.
+and optimiser; :func:`_loop` then steps through windows of T tokens on B streams
+(``--bptt-jitter``: of lengths drawn around T), carrying the hidden state from window
+to window and cutting the graph between them. The loss is the cross-entropy, plus the
+activation penalties AR and TAR when asked (:mod:`lmgen.loss`). Every ``--eval-every``
+steps: validation loss, ``last/`` checkpoint, and ``best/`` when it improved; with
+``--average`` or NT-ASGD those see the averaged weights (:mod:`lmgen.averaging`).
+:class:`~lmgen.train_state.TrainState` is where the run stands; with the optimiser,
+schedule and random generators it is what ``last/train_state.pt`` keeps, so that
+``--resume`` continues bit for bit.
 
 Under ``torchrun`` (see :mod:`lmgen.distributed`) the same loop runs on W ranks, each on
 its contiguous share of the B streams, the model wrapped in DistributedDataParallel.
@@ -18,6 +21,7 @@ process (where its collectives are the identity); only rank 0 writes
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import signal
@@ -28,17 +32,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
-from . import corpora, distributed
+from . import cores, corpora, distributed
+from .averaging import Averaging, load_raw_weights, make_averaging
 from .checkpoint import Checkpoint, load_checkpoint, load_train_state
 from .config import ModelConfig, TrainConfig
-from .data import StreamBatcher, TokenFile, encode_split, prepare_tokenizer
+from .data import StreamBatcher, TokenFile, WindowLengths, encode_split, prepare_tokenizer
 from .devices import resolve_device
 from .errors import ConfigError, LmgenError
 from .evaluate import autocast_for, perplexity
 from .files import physical_memory
-from .model import RNNLM, build_model, detach_state, estimate_activation_bytes, estimate_parameters
+from .loss import step_loss
+from .model import RNNLM, State, build_model, detach_state, estimate_activation_bytes, estimate_parameters
 from .runs import RunFolder, last_checkpoint_folder
 from .schedule import Schedule, make_optimizer
 from .tokenizer import Tokenizer
@@ -90,14 +95,21 @@ class _StopOnSignal:
 
 
 class _Meter:
-    """Mean training loss and tokens per second since the last log line."""
+    """Mean training loss (and AR, TAR penalties) and tokens per second since the last log line."""
 
     def __init__(self, tokens: int):
         self.total, self.count, self.since, self.tokens = 0.0, 0, time.perf_counter(), tokens
+        self.penalties = [0.0, 0.0]
 
-    def add(self, loss: float) -> None:
+    def add(self, loss: float, penalties: list[float]) -> None:
         self.total += loss
         self.count += 1
+        for i, value in enumerate(penalties):
+            self.penalties[i] += value
+
+    def mean_penalties(self) -> list[float]:
+        """Mean AR and TAR penalties since the last lap (read before :meth:`lap` resets them)."""
+        return [value / max(self.count, 1) for value in self.penalties]
 
     def mean(self) -> float:
         return self.total / self.count
@@ -107,6 +119,7 @@ class _Meter:
         now = time.perf_counter()
         loss, rate = self.mean(), (tokens - self.tokens) / max(now - self.since, 1e-9)
         self.total, self.count, self.since, self.tokens = 0.0, 0, now, tokens
+        self.penalties = [0.0, 0.0]
         return loss, rate
 
 
@@ -122,11 +135,13 @@ class _Run:
     corpus: corpora.Corpus
     tokenizer: Tokenizer
     batcher: StreamBatcher
+    lengths: WindowLengths  # T, or drawn per window (--bptt-jitter)
     valid_tokens: TokenFile | None
     model: RNNLM
     step_model: torch.nn.Module  # the model under DDP and torch.compile: what a step calls
     optimizer: torch.optim.Optimizer
     schedule: Schedule
+    averaging: Averaging | None  # --average / --optimizer ntasgd: what evaluation and the saved weights see
     max_steps: float
     max_seconds: float
     log: Log
@@ -142,6 +157,48 @@ class _Run:
     def progress(self, s: TrainState) -> float:
         return max(s.step / self.max_steps, s.train_seconds / self.max_seconds)
 
+    def next_window(self, s: TrainState) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """This rank's inputs and targets [B/W, t] of the next window, on the device, and its drawn length.
+
+        At the end of the streams a new epoch starts: every stream again from zero state.
+        """
+        if s.position >= self.batcher.length - 1:
+            s.epoch, s.window, s.position, s.hidden = s.epoch + 1, 0, 0, None
+        length = self.lengths.draw()
+        x, y = self.batcher.span(s.position, length)  # [B, t] each
+        s.window, s.position = s.window + 1, s.position + x.shape[1]
+        return (x[self.share].to(self.device, non_blocking=True),
+                y[self.share].to(self.device, non_blocking=True), length)
+
+    def set_lr(self, s: TrainState, length: int) -> float:
+        """Set this step's learning rate; returns the schedule's rate (that of a window of T tokens).
+
+        A drawn window of ``length`` tokens steps at length / T of it, so that every token
+        weighs the same whatever the window it lands in (AWD-LSTM, section 4.1).
+        """
+        lr = self.cfg.lr * self.schedule.scale(s.step, self.progress(s), s.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * (length / self.cfg.bptt)
+        return lr
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, hidden: State) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """:func:`step_loss` of the step model on this window, under autocast."""
+        with autocast_for(self.device, self.cfg.amp):
+            return step_loss(self.step_model, x, y, hidden, ar=self.cfg.ar, tar=self.cfg.tar)
+
+    def averaged(self) -> Any:
+        """A context in which the model holds the weights evaluation and checkpoints use."""
+        return self.averaging.swapped_in() if self.averaging is not None else contextlib.nullcontext()
+
+    def resume_extras(self, s: TrainState) -> dict[str, Any]:
+        """What the new options add to train_state.pt; nothing on the default path, whose keys stay as they were."""
+        extra: dict[str, Any] = {}
+        if self.lengths.jitter:
+            extra.update(position=s.position, lengths=self.lengths.state_dict())
+        if self.averaging is not None:
+            extra["average"] = self.averaging.state_dict()
+        return extra
+
     def skip_update(self, s: TrainState, loss: float, in_a_row: int) -> None:
         """Drop a non-finite step; after ``--max-nonfinite`` in a row, stop with an error."""
         # A NaN state would poison every later window, so the streams restart from zero.
@@ -156,27 +213,34 @@ class _Run:
 
     def log_train(self, s: TrainState, meter: _Meter, lr: float, val_loss: float | None, bar: Any) -> float:
         """A "train" row of metrics.jsonl and the progress bar's text; returns the mean loss since the last."""
-        train_loss, tok_s = meter.lap(s.tokens)
+        (ar, tar), (train_loss, tok_s) = meter.mean_penalties(), meter.lap(s.tokens)
+        penalties = {"ar_penalty": ar} if self.cfg.ar else {}
+        penalties.update({"tar_penalty": tar} if self.cfg.tar else {})
         self.folder.log_metrics({"kind": "train", "step": s.step, "epoch": s.epoch, "tokens": s.tokens,
                                  "train_seconds": round(s.train_seconds, 3), "lr": lr,
-                                 "train_loss": train_loss, "tok_per_s": round(tok_s, 1)})
+                                 "train_loss": train_loss, **penalties, "tok_per_s": round(tok_s, 1)})
         bar.set_postfix_str(f"loss {train_loss:.3f} ppl {perplexity(train_loss, 1):.1f} "
                             f"{tok_s:,.0f} tok/s" + (f" val {val_loss:.3f}" if val_loss else ""))
         return train_loss
 
     def validate(self, s: TrainState, lr: float, say: Log) -> float | None:
-        """Validation loss (nats/token; None without a validation split), reported and fed to the schedule.
+        """Validation loss (nats/token; None without a validation split) of the averaged weights, when
+        averaging, reported and fed to the schedule and NT-ASGD's trigger.
 
         Each rank scores a share of the streams; every rank gets the sum.
         """
         if self.valid_tokens is None:
             return None
         cfg = self.cfg
-        nll, count = distributed.shared_stream_loss(self.model, self.valid_tokens.tokens, self.world,
-                                                    batch=max(cfg.batch, 16), bptt=cfg.bptt,
-                                                    max_tokens=cfg.eval_tokens, amp=cfg.amp)
+        with self.averaged():
+            nll, count = distributed.shared_stream_loss(self.model, self.valid_tokens.tokens, self.world,
+                                                        batch=max(cfg.batch, 16), bptt=cfg.bptt,
+                                                        max_tokens=cfg.eval_tokens, amp=cfg.amp)
         val_loss = nll / max(count, 1)
         self.schedule.observe(val_loss)
+        if self.averaging is not None and self.averaging.observe(val_loss, s.step):
+            say(f"step {s.step}: validation stopped improving (--nonmono {cfg.nonmono}): averaging the weights "
+                "from here on (NT-ASGD)")
         self.folder.log_metrics({"kind": "eval", "step": s.step, "epoch": s.epoch, "tokens": s.tokens,
                                  "train_seconds": round(s.train_seconds, 3), "val_loss": val_loss,
                                  "val_ppl": perplexity(val_loss, 1), "lr": lr})
@@ -190,10 +254,11 @@ class _Run:
                    "train_loss": train_loss, "val_loss": val_loss,
                    "val_ppl": perplexity(val_loss, 1) if val_loss is not None else None}
         improved = s.observe(val_loss)
-        saved = s.save(self.optimizer, self.schedule, self.world, self.device)
+        saved = s.save(self.optimizer, self.schedule, self.world, self.device, extra=self.resume_extras(s))
         corpus = {"name": self.corpus.name, "fingerprint": self.corpus.fingerprint, "source": str(self.cfg.corpus)}
-        self.folder.save(self.model, self.tokenizer, saved, best=improved or self.valid_tokens is None,
-                         train_config=asdict(self.cfg), metrics=metrics, corpus=corpus)
+        with self.averaged():  # inference loads the average; train_state.pt above has the raw weights
+            self.folder.save(self.model, self.tokenizer, saved, best=improved or self.valid_tokens is None,
+                             train_config=asdict(self.cfg), metrics=metrics, corpus=corpus)
 
 
 def train(
@@ -220,7 +285,12 @@ def train(
         if folder.writes:  # rank 0 alone writes; refuse a bad --out before creating anything
             folder.check(cfg.resume, overwrite, touch=False)
             lock = folder.lock()
-        return _train(cfg, model_cfg or ModelConfig(), world, folder, overwrite=overwrite, log=log, on_step=on_step)
+        result = _train(cfg, model_cfg or ModelConfig(), world, folder, overwrite=overwrite, log=log,
+                        on_step=on_step)
+        # Every rank done before any tears the group down: a gloo rank whose peer closed
+        # first sometimes aborted at exit ("terminate called", SIGABRT; ~1 run in 6 here).
+        world.barrier()
+        return result
     except RuntimeError as exc:
         if world.distributed and distributed.is_collective_error(exc):
             raise distributed.lost_contact(world, exc, cfg.out) from exc
@@ -238,8 +308,7 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, world: distributed.World, f
     if not world.is_main:
         log = lambda msg: None  # noqa: E731 -- rank 0 speaks for the job
     folder.check(cfg.resume, overwrite)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    cores.apply(cores.choose(cfg.threads))  # the CLI measured the machine already (cached)
     device = world.device if world.distributed else resolve_device(cfg.device)
 
     # One rank per machine fills the corpus and token caches; the others then read them.
@@ -250,17 +319,19 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, world: distributed.World, f
         train_tokens = encode_split(corpus, tokenizer, "train")
         valid_tokens = encode_split(corpus, tokenizer, "valid") if "valid" in corpus.splits else None
     batcher = StreamBatcher(train_tokens.tokens, cfg.batch, cfg.bptt)  # the global layout of B streams
+    lengths = WindowLengths(cfg.bptt, cfg.bptt_jitter, cfg.seed)  # the same draws on every rank
 
     torch.manual_seed(cfg.seed)  # every rank builds the same initial weights
     if last is None:
         model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
-        _check_memory(model_cfg, cfg.batch, min(cfg.bptt, batcher.length - 1), device)
+        _check_memory(model_cfg, cfg.batch, min(lengths.longest, batcher.length - 1), device)
         model = build_model(model_cfg).to(device)
     else:
         model = last.model
+        load_raw_weights(model, saved.get("average"))  # an averaged run saved the average as its weights
     model.train()
     folder.check_disk(model.num_parameters())
-    optimizer, schedule = make_optimizer(model, cfg), Schedule(cfg)
+    optimizer, schedule, averaging = make_optimizer(model, cfg), Schedule(cfg), make_averaging(cfg, model)
     step_model = world.parallel(model)
     if world.rank:
         torch.manual_seed(cfg.seed + world.rank)  # distinct dropout masks on every rank
@@ -268,11 +339,14 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, world: distributed.World, f
     state = TrainState()
     if saved is not None:
         state = TrainState.restore(saved, optimizer, schedule, world, device, cfg)
+        lengths.load_state_dict(saved.get("lengths", {}))
+        if averaging is not None and "average" in saved:
+            averaging.load_state_dict(saved["average"])
         folder.forget_metrics_after(state.step)
 
-    max_steps, max_seconds = _budget(cfg, batcher, log)
-    run = _Run(cfg, world, device, share, folder, corpus, tokenizer, batcher, valid_tokens, model, step_model,
-               optimizer, schedule, max_steps, max_seconds, log)
+    max_steps, max_seconds = _budget(cfg, batcher.length, lengths, log)
+    run = _Run(cfg, world, device, share, folder, corpus, tokenizer, batcher, lengths, valid_tokens, model,
+               step_model, optimizer, schedule, averaging, max_steps, max_seconds, log)
     _describe(run, train_tokens, resumed_at=state.step if saved is not None else None)
     return _loop(run, state, on_step)
 
@@ -282,11 +356,11 @@ def _loop(run: _Run, s: TrainState, on_step: OnStep | None) -> RunResult:
     from tqdm import tqdm  # the text bar: tqdm.auto warns in notebooks without ipywidgets
 
     cfg, world, device, model, optimizer = run.cfg, run.world, run.device, run.model, run.optimizer
-    V = run.tokenizer.vocab_size
     bar = tqdm(total=None if run.max_steps == math.inf else run.max_steps, initial=s.step,
                disable=not cfg.progress or not world.is_main, unit="step", dynamic_ncols=True, file=sys.stderr)
     say = run.log if bar.disable else (lambda msg: bar.write(msg, file=sys.stderr))
     meter = _Meter(s.tokens)
+    governor = cores.ThreadGovernor(cores.choose(cfg.threads)) if device.type == "cpu" else None
     nonfinite, train_loss, val_loss, stopped_by = 0, math.nan, None, "steps"
     with _StopOnSignal() as signals:
         while True:
@@ -296,37 +370,33 @@ def _loop(run: _Run, s: TrainState, on_step: OnStep | None) -> RunResult:
                 break
             if on_step is not None:
                 on_step(s.step)
-            if s.window >= run.batcher.num_windows:  # a new epoch: every stream starts again from zero state
-                s.epoch, s.window, s.hidden = s.epoch + 1, 0, None
+            if governor is not None and (change := governor.tick()):  # a neighbour came or went
+                say(change)
             t0 = time.perf_counter()
-            x, y = run.batcher.window(s.window)  # [B, t] each
-            x, y = x[run.share].to(device, non_blocking=True), y[run.share].to(device, non_blocking=True)  # [B/W, t]
-            lr = cfg.lr * run.schedule.scale(s.step, run.progress(s), s.epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            x, y, length = run.next_window(s)  # [B/W, t] each; at the streams' end a new epoch
+            lr = run.set_lr(s, length)
             if s.hidden is None:
                 s.hidden = model.init_state(cfg.batch // world.size, device)
-            with autocast_for(device, cfg.amp):
-                logits, hidden = run.step_model(x, s.hidden)  # logits [B/W, t, V]
-            loss = F.cross_entropy(logits.float().view(-1, V), y.reshape(-1))
-            s.window += 1
+            loss, hidden, terms = run.loss(x, y, s.hidden)  # terms: cross-entropy [, AR, TAR]
             loss.backward()  # under DDP, where the ranks average their gradients: every rank must run it
             # All ranks agree on the mean loss (to skip a non-finite step together) and on stopping.
-            loss_sum, asked = world.sum([loss.item(), float(signals.signum is not None)])
-            loss_value, stopping = loss_sum / world.size, asked > 0
-            if not math.isfinite(loss_value):
+            *sums, asked = world.sum([*terms.tolist(), float(signals.signum is not None)])
+            (loss_value, *penalties), stopping = [v / world.size for v in sums], asked > 0
+            if not math.isfinite(total := loss_value + sum(penalties)):
                 nonfinite += 1
-                run.skip_update(s, loss_value, nonfinite)
+                run.skip_update(s, total, nonfinite)
                 continue
             nonfinite = 0
             if cfg.clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if run.averaging is not None:
+                run.averaging.update()
             s.hidden = detach_state(hidden)  # truncated BPTT: keep the values, cut the graph
             s.step += 1
             s.tokens += y.numel() * world.size
-            meter.add(loss_value)
+            meter.add(loss_value, penalties)
             s.train_seconds += time.perf_counter() - t0
             if run.max_seconds != math.inf:
                 s.train_seconds = world.broadcast([s.train_seconds])[0]  # rank 0's clock decides --time for all
@@ -397,14 +467,18 @@ def _check_memory(cfg: ModelConfig, batch: int, bptt: int, device: torch.device)
     )
 
 
-def _budget(cfg: TrainConfig, batcher: StreamBatcher, log: Log) -> tuple[float, float]:
-    """Step and time limits from --steps, --epochs and --time; 10 epochs when none is given."""
+def _budget(cfg: TrainConfig, stream_length: int, lengths: WindowLengths, log: Log) -> tuple[float, float]:
+    """Step and time limits from --steps, --epochs and --time; 10 epochs when none is given.
+
+    With --bptt-jitter an epoch's steps are the expected number of drawn windows.
+    """
+    per_epoch = lengths.per_epoch(stream_length)
     max_steps = cfg.steps or math.inf
     if cfg.epochs:
-        max_steps = min(max_steps, math.ceil(cfg.epochs * batcher.num_windows))
+        max_steps = min(max_steps, math.ceil(cfg.epochs * per_epoch))
     max_seconds = cfg.time_seconds() or math.inf
     if max_steps == math.inf and max_seconds == math.inf:
-        max_steps = 10 * batcher.num_windows
+        max_steps = 10 * per_epoch
         log("no budget given (--steps, --epochs or --time): training for 10 epochs")
     return max_steps, max_seconds
 
@@ -419,8 +493,11 @@ def _describe(run: _Run, train_tokens: TokenFile, resumed_at: int | None) -> Non
     )
     run.log(
         f"model {model.config.layers}x{model.config.hidden} {model.config.cell}, "
-        f"{model.num_parameters():,} parameters | device {run.device} | "
-        f"B={cfg.batch} T={cfg.bptt}, {run.batcher.num_windows:,} windows per epoch"
+        f"{model.num_parameters():,} parameters | device {run.device}"
+        + (f", {cores.choose(cfg.threads).describe()}" if run.device.type == "cpu" else "") + " | "
+        f"B={cfg.batch} T={cfg.bptt}" + (f"±{cfg.bptt_jitter:g}, ~" if cfg.bptt_jitter else ", ")
+        + f"{run.lengths.per_epoch(run.batcher.length):,} windows per epoch"
+        + (" | NT-ASGD" if cfg.optimizer == "ntasgd" else f" | average {cfg.average}" if cfg.average != "none" else "")
         + (f" | {run.world.size} ranks x {cfg.batch // run.world.size} streams" if run.world.distributed else "")
         + (f" | resuming at step {resumed_at}" if resumed_at is not None else "")
     )

@@ -10,6 +10,14 @@ a plain dict of tensors and numbers (read back with ``torch.load(weights_only=Tr
     rng                                          rank 0's generators (CPU, every GPU)
     rng_ranks                                    under torchrun: each rank's own (CPU, its GPU)
 
+and, only with the options that need them (a default run's keys are those above)::
+
+    position                                     --bptt-jitter: the token offset of the next window
+    lengths                                      --bptt-jitter: the window-length generator's state
+    average                                      --average / --optimizer ntasgd: the raw weights
+                                                 (model.safetensors holds the average), the average
+                                                 and its count, NT-ASGD's trigger (lmgen.averaging)
+
 These keys are part of the checkpoint format: runs saved earlier resume by them.
 """
 
@@ -38,7 +46,8 @@ class TrainState:
 
     step: int = 0
     epoch: int = 0
-    window: int = 0  # the next window of the epoch
+    window: int = 0  # windows taken this epoch
+    position: int = 0  # the next window's token offset in every stream (window x T for fixed windows)
     tokens: int = 0  # target tokens trained on, all ranks together
     train_seconds: float = 0.0
     best_val: float = math.inf
@@ -55,8 +64,9 @@ class TrainState:
         return improved
 
     def save(self, optimizer: torch.optim.Optimizer, schedule: Schedule, world: distributed.World,
-             device: torch.device) -> dict[str, Any]:
-        """The train_state.pt dict. Every rank must call it: the carried state and the generators are gathered.
+             device: torch.device, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The train_state.pt dict, with ``extra`` entries. Every rank must call it: the carried state
+        and the generators are gathered.
 
         The state saved is the global [L, B, H] one, as one process would save it, so that
         any number of ranks dividing B can resume it.
@@ -70,6 +80,7 @@ class TrainState:
         }
         if world.distributed:  # each rank's own generators (in one process "rng" holds them all)
             saved["rng_ranks"] = world.gather_objects(_rank_rng_state(device))
+        saved.update(extra or {})
         return saved
 
     @classmethod
@@ -79,8 +90,10 @@ class TrainState:
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
         hidden = state_from_tensors(saved["hidden"], device)
-        state = cls(saved["step"], saved["epoch"], saved["window"], saved["tokens"], saved["train_seconds"],
-                    saved["best_val"], saved["evals_since_best"],
+        # Fixed windows save no position: theirs is window x T (runs saved before --bptt-jitter, too).
+        position = saved.get("position", saved["window"] * cfg.bptt)
+        state = cls(saved["step"], saved["epoch"], saved["window"], position, saved["tokens"],
+                    saved["train_seconds"], saved["best_val"], saved["evals_since_best"],
                     world.split_state(hidden, cfg.batch))  # global [L, B, H] -> this rank's [L, B/W, H]
         _restore_rng(saved, world, device, cfg.seed)
         return state

@@ -174,3 +174,27 @@ def test_a_failing_rank_ends_the_job(fault, tiny_corpus, tmp_path):
         assert "Timed out" in proc.stderr and "LMGEN_DIST_TIMEOUT=5" in proc.stderr
     assert seconds < 90
     assert not (tmp_path / "run" / "last").exists()  # died before the first save at step 4
+
+
+@pytest.mark.slow
+def test_two_ranks_draw_the_same_window_lengths_and_average_alike(corpus, tmp_path):
+    # Issue 14's step options under torchrun: every rank must draw the same window length
+    # (or the ranks' windows, and so their hidden states, would drift apart), and the
+    # average, kept on every rank, must be one process's.
+    options = dict(bptt_jitter=4.0, ar=1.0, tar=1.0, average="ema:0.9")
+    cfg = TrainConfig(corpus=str(corpus), steps=8, out=str(tmp_path / "one"), threads=1, **TRAIN, **options)
+    train(cfg, ModelConfig(**MODEL), log=lambda msg: None)
+    proc, _ = torchrun(2, "--corpus", corpus, "--steps", 8, "--out", tmp_path / "two", *FLAGS, "--bptt-jitter", "4",
+                       "--ar", "1", "--tar", "1", "--average", "ema:0.9")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert max_difference(weights(one), weights(two)) < 1e-5
+    s1 = torch.load(one / "last" / "train_state.pt", weights_only=True)
+    s2 = torch.load(two / "last" / "train_state.pt", weights_only=True)
+    assert max_difference(s1["average"]["weights"], s2["average"]["weights"]) < 1e-5
+    assert (s1["position"], s1["tokens"]) == (s2["position"], s2["tokens"]) and s1["position"] % 16 != 0
+    assert torch.equal(s1["lengths"]["generator"], s2["lengths"]["generator"])
+    for a, b in zip(rows(one), rows(two)):
+        key = "val_loss" if a["kind"] == "eval" else "train_loss"
+        assert abs(a[key] - b[key]) < 1e-5
+        assert abs(a.get("ar_penalty", 0) - b.get("ar_penalty", 0)) < 1e-6

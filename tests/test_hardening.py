@@ -38,7 +38,7 @@ def test_an_absurd_ngram_order_is_refused(tiny_checkpoint):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--threads", "1000000"], "--threads must be at most 1024"),
+    (["--threads", "1000000"], "--threads must be auto or a whole number <= 1024"),
     (["--layers", "10000000"], "this machine has"),
     (["--out", "/"], "--out must be a folder of its own"),
     (["--out", ""], "--out must name a run folder"),
@@ -123,7 +123,7 @@ def run(tiny_checkpoint: Path, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("args, flag", [
     (["--batch", "8"], "--batch"), (["--optimizer", "sgd"], "--optimizer"), (["--bptt", "16"], "--bptt"),
-    (["--tokenizer", "word"], "--tokenizer"), (["--seed", "1"], "--seed"), (["--hidden", "64"], "--hidden"),
+    (["--tokenizer", "word"], "--tokenizer"), (["--average", "polyak"], "--average"), (["--hidden", "64"], "--hidden"),
 ])
 def test_resume_refuses_what_it_cannot_honour(run, args, flag):
     line = refused("train", "--resume", "--out", run, "--steps", "100", "--no-progress", *args)

@@ -211,3 +211,55 @@ def test_folder_without_text_files(tmp_path, capsys):
     (tmp_path / "data" / "blob.bin").write_bytes(bytes(range(256)) * 10)
     code, err = run_cli(capsys, "train", "--corpus", tmp_path / "data", "--out", tmp_path / "r")
     assert code == 1 and "no text files" in err.lower(), err
+
+
+# Every option of issue 14 that changes what a step does or what a checkpoint holds.
+AWD = ["--ar", "2", "--tar", "1", "--bptt-jitter", "4", "--weight-drop", "0.3", "--dropout-hidden", "0.2",
+       "--dropout-input", "0.1", "--dropout-output", "0.2", "--dropout-embed", "0.1"]
+
+
+def killed_and_resumed(out: Path, args: list, rng: random.Random, kills: int = 3) -> int:
+    """``lmgen train ARGS --out OUT``, SIGKILLed at random moments after its first save and resumed
+    each time, then left to finish; returns how many kills landed."""
+    landed = 0
+    for attempt in range(kills + 1):
+        proc = spawn(*args, "--out", out, *(["--resume"] if attempt else []))
+        if attempt == kills or not wait_for(lambda p=proc: (out / "last").exists() or p.poll() is not None):
+            break
+        time.sleep(rng.uniform(0.05, 0.6))
+        if proc.poll() is None:  # still running: kill it mid-step, mid-evaluation or mid-save
+            proc.kill()
+            landed += proc.wait() == -signal.SIGKILL
+        else:
+            break
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    return landed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("averaging", [
+    ["--average", "ema:0.9"],
+    # a rate so large that validation soon gets worse: NT-ASGD switches mid-run
+    ["--optimizer", "ntasgd", "--nonmono", "1", "--lr", "40", "--clip", "0.25"],
+], ids=["ema", "ntasgd"])
+def test_sigkill_then_resume_is_bit_identical_with_every_awd_option(tiny_corpus, tmp_path, averaging):
+    steps = 45
+    args = ["--corpus", tiny_corpus, "--steps", steps, *RUN, *AWD, *averaging]
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    proc = spawn(*args, "--out", ref)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    assert killed_and_resumed(out, args, random.Random(1)) >= 2, "the run finished too soon; make it longer"
+    # The averaged weights (model.safetensors), the raw ones and the average's state all agree.
+    for name in ("last", "best"):
+        assert same(weights(ref / name), weights(out / name))
+    a, b = load_train_state(ref / "last"), load_train_state(out / "last")
+    assert same(a["average"]["weights"], b["average"]["weights"])
+    assert same(a["average"]["average"], b["average"]["average"])
+    assert (a["average"]["count"], a["average"]["trigger"]) == (b["average"]["count"], b["average"]["trigger"])
+    assert (a["position"], a["epoch"], a["step"]) == (b["position"], b["epoch"], steps)
+    assert torch.equal(a["lengths"]["generator"], b["lengths"]["generator"])
+    if "ntasgd" in averaging:
+        assert 0 < a["average"]["trigger"]["fired_at"] < steps
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    ref_rows = [json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("val_loss") for r in rows] == [r.get("val_loss") for r in ref_rows]

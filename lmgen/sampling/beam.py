@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..config import GenerationConfig
+from ..errors import ConfigError
 from ..tokenizer import Tokenizer, decode_continuation
 from .choose import _seen_mask, adjust_logits
 from .context import Context, Sample, as_context, check_batch
@@ -46,6 +47,8 @@ def beam_search(
     config = config or GenerationConfig(num_beams=4, do_sample=False)
     check_batch(model, 2 * config.num_beams, config.max_new_tokens, "--beam")  # 2W candidates a step
     ctx = as_context(model, tokenizer, prompt)
+    if ctx.cache is not None:
+        raise ConfigError("--cache works with greedy search and sampling, not with --beam")
     rec = Recurrence(model, config.precision)
     end = tokenizer.end_id
     W, alpha, L = config.num_beams, config.length_penalty, config.max_new_tokens

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from ..adaptive.cache import CacheConfig, TextCache
 from ..errors import ConfigError
 from ..files import physical_memory
 from ..tokenizer import Tokenizer
@@ -31,13 +32,16 @@ class Context:
     >>> "".join(stream(model, tok, ctx, GenerationConfig(max_new_tokens=20)))  # doctest: +SKIP
     """
 
-    def __init__(self, ids: list[int], head: tuple[int, Any, Tensor | None], unknown: list[str] | None = None):
+    def __init__(self, ids: list[int], head: tuple[int, Any, Tensor | None], unknown: list[str] | None = None,
+                 cache: TextCache | None = None):
         self.ids = ids
         # (fed, per-layer state, logits [V] after ids[:fed]) replaced in one assignment, so a
         # Ctrl-C between two statements can never leave state and logits out of step
         self.head = head
         self.unknown = unknown or []
         self.stop: str | None = None  # how the last generation ended: "end", "length" or None
+        # a continuous cache fed with every token of the text (generation samples its mixture), or None
+        self.cache = cache
 
     @property
     def fed(self) -> int:
@@ -56,7 +60,11 @@ class Context:
         fed, layers, logits = self.head
         if fed < len(self.ids) or logits is None:
             pending = torch.tensor([self.ids[fed:]], dtype=torch.long, device=rec.device)  # [1, T]
-            logits, layers = rec.run(pending, layers)
+            if self.cache is None:
+                logits, layers = rec.run(pending, layers)
+            else:
+                logits, layers, outputs = rec.run(pending, layers, outputs=True)
+                self.cache.observe(pending, outputs, start=fed)
             self.head = (len(self.ids), layers, logits)
         return logits, layers
 
@@ -89,13 +97,16 @@ def check_batch(model: Any, rows: int, max_new_tokens: int, flag: str) -> None:
                           f"memory: lower {flag} or --max-new-tokens")
 
 
-def prime(model: Any, tokenizer: Tokenizer, prompt: str = "", *, unknown: str = "replace") -> Context:
+def prime(model: Any, tokenizer: Tokenizer, prompt: str = "", *, unknown: str = "replace",
+          cache: CacheConfig | None = None) -> Context:
     """Run ``[END] + prompt`` through the model: the start of every generation.
 
     Starting with ``[END]`` puts the model where every training document starts, so an
     empty prompt samples a document from its beginning. Symbols the vocabulary lacks
     become ``<unk>`` and are listed in ``Context.unknown`` (``unknown="error"`` refuses
-    them instead, naming them).
+    them instead, naming them). With ``cache``, the context keeps a continuous cache of its
+    text (:class:`~lmgen.adaptive.cache.TextCache`) and greedy search and sampling choose from
+    the cache mixture (Grave et al. 2017).
 
     >>> ctx = prime(model, tok, "Hello")                               # doctest: +SKIP
     """
@@ -105,8 +116,14 @@ def prime(model: Any, tokenizer: Tokenizer, prompt: str = "", *, unknown: str = 
     if missing and unknown == "error":
         raise ConfigError(f"the prompt has symbols this {tokenizer.kind} vocabulary lacks: "
                           f"{', '.join(map(repr, missing))}; remove or replace them")
-    ctx = Context([tokenizer.end_id] + tokenizer.encode(prompt), (0, None, None), missing)
-    ctx.catch_up(Recurrence(model))
+    rec = Recurrence(model)
+    text_cache = None
+    if cache is not None:
+        if not rec.fast:
+            raise ConfigError("--cache needs an LSTM, GRU or RNN model (the cache stores their hidden states)")
+        text_cache = TextCache(cache)
+    ctx = Context([tokenizer.end_id] + tokenizer.encode(prompt), (0, None, None), missing, text_cache)
+    ctx.catch_up(rec)
     return ctx
 
 

@@ -45,6 +45,9 @@ def sample_steps(
     Not under ``torch.inference_mode`` as a whole: a generator so decorated enters and
     leaves the mode at every token, ~5 us of a ~300 us token here; the recurrence needs no
     autograd switch (see :meth:`Recurrence.step`).
+
+    A context primed with a cache (``prime(..., cache=CacheConfig(N))``) chooses from the
+    cache mixture (its log-probabilities stand for the logits); each sample has its own copy.
     """
     config = config or GenerationConfig()
     if config.strategy == "beam":
@@ -57,8 +60,10 @@ def sample_steps(
     logits, layers = ctx.catch_up(rec)
     B = config.num_return_sequences
     logits = logits.unsqueeze(0).expand(B, -1)  # [B, V]
+    cache = ctx.cache  # None: the plain model, untouched below
     if B > 1:
         layers = rec.repeat(layers, B)
+        cache = cache.repeat(B) if cache is not None else None
     V = logits.shape[-1]
     device = logits.device
     noise = _Uniforms(sample_generators(generator, B), device) if config.strategy == "sample" else None
@@ -67,7 +72,8 @@ def sample_steps(
     if follow:
         ctx.stop = None
     for step in range(config.max_new_tokens):
-        chosen = choose_tokens(adjust_logits(logits, config, seen, step, end), config,
+        scores = logits if cache is None else cache.mix(logits)
+        chosen = choose_tokens(adjust_logits(scores, config, seen, step, end), config,
                                noise.next() if noise is not None else None)  # [B]
         tokens = chosen.tolist()  # the one host sync per step: the caller prints them
         if follow:
@@ -87,6 +93,7 @@ def sample_steps(
             rows = [rows[i] for i in keep]
             chosen = chosen.index_select(0, index)
             layers = rec.select(layers, index)
+            cache = cache.select(index) if cache is not None else None
             if noise is not None:
                 noise.keep(keep, index)
             if seen is not None:
@@ -94,6 +101,8 @@ def sample_steps(
         if seen is not None:
             seen[torch.arange(len(rows), device=device), chosen] = True
         logits, layers = rec.step(chosen, layers)
+        if cache is not None:  # the chosen token is the text's len(ids) - 1st (a followed context has it)
+            cache.observe(chosen[:, None], rec.output(layers)[:, None], len(ctx.ids) - 1 if follow else cache.seen)
         if follow:
             ctx.head = (len(ctx.ids), layers, logits[0])
 

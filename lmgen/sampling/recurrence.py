@@ -265,12 +265,26 @@ class Recurrence:
             x = cells.output(self.cell, s)
         return self.out(x), new  # [B, V]
 
-    def run(self, tokens: Tensor, layers: Any) -> tuple[Tensor, Any]:
+    def run(self, tokens: Tensor, layers: Any, outputs: bool = False) -> tuple[Any, ...]:
         """A whole sequence tokens [1, T] through the model -> logits [V] after the last
-        one and the new per-layer state (priming: one fused call for the prompt)."""
+        one and the new per-layer state (priming: one fused call for the prompt).
+
+        ``outputs=True`` also returns the last layer's output at every step, [1, T, H]
+        (what a continuous cache stores).
+        """
         with _eval_mode(self.model), torch.no_grad():
-            logits, state = self.model(tokens, None if layers is None else self.join(layers))
+            state = None if layers is None else self.join(layers)
+            if outputs:
+                logits, state, (h, _) = self.model(tokens, state, return_outputs=True)
+                return logits[0, -1], self.split(state), h
+            logits, state = self.model(tokens, state)
         return logits[0, -1], self.split(state)
+
+    def output(self, layers: Any) -> Tensor:
+        """The last layer's output in a per-layer state, [B, H]: what the decoder read at this step."""
+        if not self.fast:
+            raise ConfigError("a continuous cache needs the hidden states of an LSTM, GRU or RNN model")
+        return cells.output(self.cell, layers[-1])
 
 
 def _embed_project(tokens: Tensor, project: _PackedLinear, embedding: Tensor) -> Tensor:

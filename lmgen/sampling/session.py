@@ -7,10 +7,11 @@ calls it and prints.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
+from ..adaptive.cache import CacheConfig
 from ..config import MAX_SEED, PRECISIONS, GenerationConfig, config_from_flags
 from ..errors import ConfigError
 from ..tokenizer import Tokenizer
@@ -18,6 +19,9 @@ from .beam import beam_search
 from .context import Context, prime
 from .generate import stream
 from .recurrence import Recurrence
+
+if TYPE_CHECKING:
+    from ..adaptive.dynamic import LiveAdaptation
 
 REPL_HELP = """\
 Type a prompt and press Enter: its continuation streams below it (a new document).
@@ -34,8 +38,11 @@ An empty line (or :continue) continues the text so far with its state.
   :max N           stop after N new tokens        :min N  no [END] before N tokens
   :seed N          restart the random numbers from seed N
   :precision P     step weights: float16 (fast, CPU), float32 (exact) or auto
+  :adapt on|off    learn from the text you type (dynamic evaluation); off keeps what was learned
+  :adapt reset     the trained weights again, exactly
+  :score TEXT      log-probability of TEXT as a new document, under the current weights
   :show            the current settings
-  :reset           forget the text (the next one starts a new document)
+  :reset           forget the text (the next one starts a new document; :adapt keeps what it learned)
   :help            this help                      :quit  leave (or Ctrl-D)
 Ctrl-C stops a generation and returns to the prompt."""
 
@@ -69,9 +76,12 @@ class Session:
     >>> print("".join(s.generate("Once")))                             # doctest: +SKIP
     """
 
-    def __init__(self, model: Any, tokenizer: Tokenizer, config: GenerationConfig | None = None, seed: int = 0):
-        self.model = model
+    def __init__(self, model: Any, tokenizer: Tokenizer, config: GenerationConfig | None = None, seed: int = 0, *,
+                 cache: CacheConfig | None = None, adapt: LiveAdaptation | None = None):
+        self._model = model
         self.tokenizer = tokenizer
+        self.cache = cache  # each text gets a continuous cache (sampling from its mixture)
+        self.adaptation = adapt  # :adapt; None: not available
         config = config or config_from_flags()
         self.mode = config.strategy
         self.settings: dict[str, Any] = {
@@ -86,6 +96,11 @@ class Session:
         self.generator = torch.Generator().manual_seed(seed)
         self.context: Context | None = None
         self.quit = False
+
+    @property
+    def model(self) -> Any:
+        """The weights generation uses: the adapted ones while :adapt has changed them."""
+        return self.adaptation.model if self.adaptation is not None else self._model
 
     @property
     def config(self) -> GenerationConfig:
@@ -110,8 +125,10 @@ class Session:
         else:
             how = "greedy"
         text = f"{len(self.context.ids) - 1} tokens of text" if self.context else "no text yet"
+        extra = (f"; cache {self.cache.describe()}" if self.cache else "") + (
+            f"; {self.adaptation.describe()}" if self.adaptation is not None and self.adaptation.adapter else "")
         return (f"{how}; repetition penalty {s['repetition_penalty']:g}; max {s['max_new_tokens']} "
-                f"(min {s['min_new_tokens']}) new tokens; weights {s['precision']}; seed {self.seed}; {text}")
+                f"(min {s['min_new_tokens']}) new tokens; weights {s['precision']}; seed {self.seed}; {text}{extra}")
 
     def handle(self, line: str) -> str:
         """Run one ``:command``; returns what to print. Raises ConfigError (message for
@@ -132,6 +149,10 @@ class Session:
         if name in ("greedy", "sample"):
             self.mode = name
             return self.show()
+        if name == "adapt":
+            return self._adapt(value.lower())
+        if name == "score":
+            return self._score(value)
         if name == "precision":
             if value not in PRECISIONS:
                 raise ConfigError(f":precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
@@ -176,13 +197,15 @@ class Session:
         Check :attr:`unknown` for prompt symbols that became ``<unk>``.
         """
         self.unknown: list[str] = []
+        if text and self.adaptation is not None:  # learn the typed text first: its continuation leans towards it
+            self.adaptation.learn(self.tokenizer.encode(text), self.tokenizer.end_id)
         if text and not continue_text:
-            self.context = prime(self.model, self.tokenizer, text)
+            self.context = prime(self.model, self.tokenizer, text, cache=self.cache)
             self.unknown = self.context.unknown
             yield text
         else:
             if self.context is None:
-                self.context = prime(self.model, self.tokenizer, "")
+                self.context = prime(self.model, self.tokenizer, "", cache=self.cache)
             elif self.context.ids[-1] == self.tokenizer.end_id and len(self.context.ids) > 1:
                 yield "\n"  # the last document ended: a new one starts on its own line
             if text:
@@ -190,6 +213,8 @@ class Session:
                 self.context.extend(self.tokenizer.encode(text))
                 yield text
         config = self.config
+        if config.strategy == "beam" and self.context.cache is not None:
+            raise ConfigError("--cache works with greedy search and sampling, not with :beam")
         if config.strategy == "beam":
             best = beam_search(self.model, self.tokenizer, self.context, config)[0]
             self.context.extend(best.ids + ([self.tokenizer.end_id] if best.stop == "end" else []))
@@ -197,3 +222,28 @@ class Session:
             yield best.text
         else:
             yield from stream(self.model, self.tokenizer, self.context, config, generator=self.generator)
+
+    def _adapt(self, value: str) -> str:
+        """``:adapt on|off|reset``."""
+        if value not in ("on", "off", "reset"):
+            raise ConfigError(f":adapt takes on, off or reset, got {value!r}")
+        if self.adaptation is None:
+            raise ConfigError(":adapt is not available: this session has no gradient statistics of the training data")
+        if value == "reset":
+            self.adaptation.reset()
+            return "the trained weights again (bit for bit); " + self.adaptation.describe()
+        self.adaptation.switch(value == "on")
+        return self.adaptation.describe()
+
+    def _score(self, text: str) -> str:
+        """``:score TEXT``: log p(TEXT) as a new document under the current weights."""
+        from ..evaluate import _device_of, target_log_probs
+
+        if not text:
+            raise ConfigError(":score needs a text, e.g. :score The cat sat.")
+        ids = [self.tokenizer.end_id] + self.tokenizer.encode(text)
+        seq = torch.tensor([ids], dtype=torch.long, device=_device_of(self.model))
+        with torch.no_grad():
+            logp, _ = target_log_probs(self.model, seq[:, :-1], seq[:, 1:], None)
+        total, n = float(logp.sum()), len(ids) - 1
+        return f"log p = {total:.4f} nats over {n} tokens ({-total / n:.4f} nats/token) under the current weights"
