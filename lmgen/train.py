@@ -47,7 +47,7 @@ from .model import RNNLM, State, build_model, detach_state, estimate_activation_
 from .runs import RunFolder, last_checkpoint_folder
 from .schedule import Schedule, make_optimizer
 from .tokenizer import Tokenizer
-from .train_state import TrainState
+from .train_state import TrainState, check_saved
 
 Log = Callable[[str], None]
 OnStep = Callable[[int], None]
@@ -428,6 +428,7 @@ def _load_last(cfg: TrainConfig, corpus: corpora.Corpus, device: torch.device) -
     folder = last_checkpoint_folder(cfg.out)
     last = load_checkpoint(folder, device)
     saved = load_train_state(folder)
+    check_saved(saved, last.model, cfg.batch, str(folder / "train_state.pt"))
     if last.config.get("corpus", {}).get("fingerprint") not in (None, corpus.fingerprint):
         raise ConfigError(f"--resume: the corpus {cfg.corpus!r} differs from the one this run was trained on")
     return last, saved

@@ -134,3 +134,52 @@ def _restore_rng(saved: dict[str, Any], world: distributed.World, device: torch.
         cuda = cuda[device.index or 0] if len(cuda) > (device.index or 0) else None
     if cuda is not None:
         torch.cuda.set_rng_state(cuda, device)
+
+
+def check_saved(saved: Any, model: torch.nn.Module, batch: int, path: str) -> None:
+    """Refuse a train_state.pt that does not belong to this run, before anything is loaded from it.
+
+    A state swapped from another run (another model, another --batch) or edited by hand
+    would otherwise fail deep inside the optimiser or the first step with a shape error.
+    Checked: the plain entries' types, the carried state's shapes against the model's zero
+    state for ``batch`` streams, the optimiser's parameter count and the shape of every
+    per-parameter tensor, and the saved raw weights of an averaged run.
+    """
+    from .errors import CheckpointError
+
+    def refuse(what: str) -> None:
+        raise CheckpointError(f"{path} does not belong to this run ({what}); it was swapped from another run "
+                              "or damaged: resume from the run's own last/ or start again")
+
+    if not isinstance(saved, dict):
+        refuse("not a dict")
+    for key, kinds in (("step", int), ("epoch", int), ("window", int), ("tokens", int),
+                       ("train_seconds", (int, float)), ("best_val", (int, float)), ("evals_since_best", int)):
+        if not isinstance(saved.get(key), kinds) or isinstance(saved.get(key), bool):
+            refuse(f"{key!r} is {saved.get(key)!r}")
+    hidden, zero = saved.get("hidden"), state_to_tensors(model.init_state(batch, "cpu"))
+    if hidden and (not isinstance(hidden, dict) or hidden.keys() != zero.keys()
+                   or any(not isinstance(hidden[k], torch.Tensor) or hidden[k].shape != zero[k].shape for k in zero)):
+        refuse(f"its carried state is not the model's {', '.join(f'{k} {tuple(v.shape)}' for k, v in zero.items())}")
+    params = list(model.parameters())
+    optimizer = saved.get("optimizer")
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("param_groups"), list):
+        refuse("no optimiser state")
+    ids = [i for group in optimizer["param_groups"] if isinstance(group, dict) for i in group.get("params", [])]
+    if len(ids) != len(params):
+        refuse(f"the optimiser holds {len(ids)} parameters, the model {len(params)}")
+    for index, state in (optimizer.get("state") or {}).items():
+        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(state, dict):
+            refuse(f"optimiser entry {index!r}")
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != params[index].shape:
+                refuse(f"optimiser {name} of parameter {index} is {tuple(value.shape)}, "
+                       f"the parameter {tuple(params[index].shape)}")
+    average = saved.get("average")
+    if average is not None:
+        named = dict(model.named_parameters())
+        weights = average.get("weights") if isinstance(average, dict) else None
+        if not isinstance(weights, dict) or any(
+                name not in named or not isinstance(w, torch.Tensor) or w.shape != named[name].shape
+                for name, w in weights.items()):
+            refuse("its saved raw weights do not fit the model")

@@ -31,6 +31,16 @@ TOKENIZER_KEYS = ["format", "kind", "vocab", "options"]
 settings_ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 
 
+def copy_with(checkpoint, tmp_path_factory, name: str, edit):
+    """A copy of the checkpoint's last/ whose JSON file ``name`` went through ``edit`` (in place)."""
+    folder = tmp_path_factory.mktemp("crafted") / "c"
+    shutil.copytree(checkpoint / "last", folder)
+    data = json.loads((folder / name).read_text())
+    edit(data)
+    (folder / name).write_text(json.dumps(data))
+    return folder
+
+
 def loads_or_refuses(folder) -> None:
     try:
         load_checkpoint(folder)
@@ -41,22 +51,14 @@ def loads_or_refuses(folder) -> None:
 @settings_
 @given(changes=st.dictionaries(st.sampled_from(MODEL_KEYS), odd, min_size=1, max_size=3))
 def test_crafted_model_configs_load_or_are_refused(changes, tiny_checkpoint, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cfg") / "c"
-    shutil.copytree(tiny_checkpoint / "last", folder)
-    config = json.loads((folder / "config.json").read_text())
-    config["model"].update(changes)
-    (folder / "config.json").write_text(json.dumps(config))
+    folder = copy_with(tiny_checkpoint, tmp_path_factory, "config.json", lambda config: config["model"].update(changes))
     loads_or_refuses(folder)
 
 
 @settings_
 @given(changes=st.dictionaries(st.sampled_from(TOKENIZER_KEYS), odd, min_size=1, max_size=2))
 def test_crafted_tokenizer_files_load_or_are_refused(changes, tiny_checkpoint, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tok") / "c"
-    shutil.copytree(tiny_checkpoint / "last", folder)
-    state = json.loads((folder / "tokenizer.json").read_text())
-    state.update(changes)
-    (folder / "tokenizer.json").write_text(json.dumps(state))
+    folder = copy_with(tiny_checkpoint, tmp_path_factory, "tokenizer.json", lambda state: state.update(changes))
     loads_or_refuses(folder)
 
 

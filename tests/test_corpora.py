@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lmgen import corpora, tables
+from lmgen import corpora
+from lmgen.cli import tables
 from lmgen.corpora import Corpus, CorpusSpec, RemoteFile, download, reading
 from lmgen.corpora import corpus as corpus_module
 from lmgen.errors import CorpusError

@@ -179,3 +179,22 @@ def test_eval_of_a_large_file_with_an_unknown_symbol_stays_small(tiny_checkpoint
     assert code == 0, lines
     assert json.loads(stdout)["unknown_symbols"] == ["\u20ac"]  # found, at the end of the file
     assert rss_mb < 500, f"peak RSS {rss_mb:.0f} MB"
+
+
+def test_a_train_state_from_another_run_is_refused(run, tiny_corpus, tmp_path):
+    from lmgen.config import ModelConfig
+    from lmgen.train import train
+
+    other = tmp_path / "other"
+    train(TrainConfig(corpus=str(tiny_corpus), batch=4, bptt=32, steps=4, eval_every=4, progress=False, out=str(other)),
+          ModelConfig(embed=16, hidden=24, layers=1), log=lambda msg: None)
+    shutil.copy(other / "last" / "train_state.pt", run / "last" / "train_state.pt")
+    line = refused("train", "--resume", "--out", run, "--steps", "100", "--no-progress")
+    assert "does not belong to this run" in line and "train_state.pt" in line
+
+
+def test_a_tampered_train_state_is_refused(run):
+    state = torch.load(run / "last" / "train_state.pt", weights_only=True)
+    state["step"] = "eighty"
+    torch.save(state, run / "last" / "train_state.pt")
+    assert "'step' is 'eighty'" in refused("train", "--resume", "--out", run, "--steps", "100", "--no-progress")

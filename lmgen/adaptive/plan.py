@@ -169,7 +169,7 @@ def live_adaptation(ckpt: Any, config: DynamicConfig, corpus: str | None = None)
     """A :class:`~lmgen.adaptive.dynamic.LiveAdaptation` of a loaded checkpoint's model; its
     gradient statistics come from the checkpoint's training corpus (or ``corpus``) when it is
     first switched on."""
-    from ..evaluate import checkpoint_corpus
+    from ..report import checkpoint_corpus
     from .dynamic import LiveAdaptation
 
     def stats() -> GradientStats:

@@ -57,13 +57,8 @@ def sample_steps(
     follow = isinstance(prompt, Context) and config.num_return_sequences == 1
     rec = Recurrence(model, config.precision)
     end = tokenizer.end_id
-    logits, layers = ctx.catch_up(rec)
     B = config.num_return_sequences
-    logits = logits.unsqueeze(0).expand(B, -1)  # [B, V]
-    cache = ctx.cache  # None: the plain model, untouched below
-    if B > 1:
-        layers = rec.repeat(layers, B)
-        cache = cache.repeat(B) if cache is not None else None
+    logits, layers, cache = _start_batch(rec, ctx, B)  # [B, V]; cache None: the plain model, untouched below
     V = logits.shape[-1]
     device = logits.device
     noise = _Uniforms(sample_generators(generator, B), device) if config.strategy == "sample" else None
@@ -106,6 +101,17 @@ def sample_steps(
         if follow:
             ctx.head = (len(ctx.ids), layers, logits[0])
 
+
+def _start_batch(rec: Recurrence, ctx: Context, B: int) -> tuple[torch.Tensor, Any, Any]:
+    """The context caught up, then its next-token logits [B, V], layers and cache (or None)
+    for B rows; B > 1 gives each row its own copy of the state and of the cache."""
+    logits, layers = ctx.catch_up(rec)
+    logits = logits.unsqueeze(0).expand(B, -1)  # [B, V]
+    cache = ctx.cache
+    if B > 1:
+        layers = rec.repeat(layers, B)
+        cache = cache.repeat(B) if cache is not None else None
+    return logits, layers, cache
 
 
 def generate(

@@ -2,17 +2,18 @@
 
 Display only: the CLI calls these, no library module does. From a notebook::
 
-    from lmgen import corpora, tables
+    from lmgen import corpora
+    from lmgen.cli import tables
     print(tables.format_corpus_table())
     print(tables.format_info(corpora.resolve("ptb")))
 """
 
 from __future__ import annotations
 
-from .cache import CACHE_ENV, cache_folder
-from .corpora import MIRROR_ENV, Corpus, CorpusSpec, list_corpora
-from .corpora.download import find_local, human_size, local_places
-from .corpora.registry import STDLIB_CAP_BYTES
+from ..cache import CACHE_ENV, cache_folder
+from ..corpora import MIRROR_ENV, Corpus, CorpusSpec, list_corpora
+from ..corpora.download import find_local, human_size, local_places
+from ..corpora.registry import STDLIB_CAP_BYTES
 
 
 def _availability(spec: CorpusSpec) -> str:
