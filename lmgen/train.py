@@ -318,6 +318,9 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, world: distributed.World, f
         tokenizer = last.tokenizer if last is not None else _make_tokenizer(corpus, cfg)
         train_tokens = encode_split(corpus, tokenizer, "train")
         valid_tokens = encode_split(corpus, tokenizer, "valid") if "valid" in corpus.splits else None
+    if cfg.optimizer == "ntasgd" and valid_tokens is None:
+        log("warning: --optimizer ntasgd switches to averaging on validation results; this corpus has no "
+            "validation split, so it stays plain SGD")
     batcher = StreamBatcher(train_tokens.tokens, cfg.batch, cfg.bptt)  # the global layout of B streams
     lengths = WindowLengths(cfg.bptt, cfg.bptt_jitter, cfg.seed)  # the same draws on every rank
 

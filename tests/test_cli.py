@@ -105,3 +105,12 @@ def test_every_shipped_config_is_valid(path):
     train_cfg, model_cfg = load_recipe(str(path))
     assert train_cfg.steps or train_cfg.epochs or train_cfg.time, f"{path.name} sets no budget"
     assert model_cfg.hidden >= 1
+
+
+def test_a_mistyped_command_gets_a_did_you_mean(capsys):
+    from lmgen.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["trian", "--steps", "1"])
+    assert exit_info.value.code == 2
+    assert "unknown command 'trian' (did you mean train?)" in capsys.readouterr().err

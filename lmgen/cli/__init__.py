@@ -51,12 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """parse_args, but an unknown flag gets a "did you mean" from the command's own flags."""
+    """parse_args, but an unknown command or flag gets a "did you mean" (``lmgen trian``, ``--hiden``)."""
     import difflib
 
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and not words[0].startswith("-") and words[0] not in sub.choices:
+        close = difflib.get_close_matches(words[0], list(sub.choices), n=1)
+        parser.error(f"unknown command {words[0]!r}" + (f" (did you mean {close[0]}?)" if close else "")
+                     + f"; choose from {', '.join(sub.choices)}")
     args, extras = parser.parse_known_args(argv)
     if extras:
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         command = sub.choices[args.command]
         known = [o for action in command._actions for o in action.option_strings]
         hints = []
