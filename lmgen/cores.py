@@ -72,15 +72,25 @@ def _own_seconds() -> float:
     return t.user + t.system
 
 
+def _mark() -> tuple[float, float | None, float]:
+    """(now, the machine's busy CPU seconds, this process's): a point to measure from."""
+    return time.monotonic(), _machine_busy_seconds(), _own_seconds()
+
+
+def _others_since(mark: tuple[float, float | None, float]) -> float | None:
+    """Cores other processes kept busy, on average, since ``mark`` (None where the OS does not say)."""
+    t0, busy0, own0 = mark
+    busy = _machine_busy_seconds()
+    if busy is None or busy0 is None:
+        return None
+    return max(0.0, (busy - busy0) - (_own_seconds() - own0)) / max(time.monotonic() - t0, 1e-9)
+
+
 def others_busy(seconds: float = SAMPLE_SECONDS) -> float | None:
     """How many cores other processes kept busy over the next ``seconds`` (this one sleeps)."""
-    start, own = _machine_busy_seconds(), _own_seconds()
-    t0 = time.monotonic()
+    mark = _mark()
     time.sleep(seconds)
-    end = _machine_busy_seconds()
-    if start is None or end is None:
-        return None
-    return max(0.0, (end - start) - (_own_seconds() - own)) / (time.monotonic() - t0)
+    return _others_since(mark)
 
 
 def parse(spec: str | int) -> int | None:
@@ -154,18 +164,15 @@ class ThreadGovernor:
         self.auto = choice.reason.startswith("auto") and _machine_busy_seconds() is not None
         self.every = every
         self.cores = usable_cores()
-        self._mark()
-
-    def _mark(self) -> None:
-        self.t0, self.busy0, self.own0 = time.monotonic(), _machine_busy_seconds(), _own_seconds()
+        self.mark = _mark()
 
     def tick(self) -> str | None:
         """Call once a step; returns a message when the thread count changed."""
-        if not self.auto or time.monotonic() - self.t0 < self.every:
+        if not self.auto or time.monotonic() - self.mark[0] < self.every:
             return None
-        busy, own, wall = _machine_busy_seconds(), _own_seconds(), time.monotonic() - self.t0
-        others = max(0.0, (busy - self.busy0) - (own - self.own0)) / wall
-        self._mark()
+        others, self.mark = _others_since(self.mark), _mark()
+        if others is None:
+            return None
         import torch
 
         threads = self.cores if others < 0.5 else max(1, int(self.cores - others + 0.5))
