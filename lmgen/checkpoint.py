@@ -192,6 +192,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         model_config = from_dict(ModelConfig, config["model"])
     except (KeyError, TypeError, ConfigError) as exc:
         raise CheckpointError(f"{folder / CONFIG_FILE}: bad model config ({exc})") from None
+    if model_config.vocab_size < 1:  # 0 means "not set yet" while training builds a model, never in a checkpoint
+        raise CheckpointError(f"{folder / CONFIG_FILE}: bad model config (vocab_size {model_config.vocab_size})")
     header = read_weights_header(folder / WEIGHTS_FILE)
     check_weights_fit(model_config, header, folder / WEIGHTS_FILE)  # before anything is allocated
     tokenizer = _load_tokenizer(folder)

@@ -44,6 +44,7 @@ def test_the_good_checkpoint_samples(ckpt):
     ({"layers": 10_000_000}, "holds 1 recurrent layers but config.json says 10000000"),
     ({"hidden": 8000, "layers": 1}, "config.json needs"),
     ({"embed": 100_000}, "config.json needs"),
+    ({"vocab_size": 0}, "bad model config (vocab_size 0)"),  # found by test_checkpoint_fuzz
 ])
 def test_a_config_bigger_than_its_weights_is_refused_before_building(ckpt, sizes, words):
     edit_config(ckpt, **sizes)
