@@ -84,6 +84,7 @@ class Trace:
 
     @property
     def hidden(self) -> int:
+        """Units of the first layer (of every layer, unless the model's --hidden lists sizes)."""
         return self.layers[0]["h"].shape[1]
 
     @property
@@ -100,8 +101,9 @@ class Trace:
         if kind not in self.layers[layer]:
             raise ConfigError(f"no activation kind {kind!r} in a {self.cell} trace; "
                               f"choose one of {', '.join(self.kinds)}")
-        if not 0 <= index < self.hidden:
-            raise ConfigError(f"unit {index} is out of range: layers have units 0..{self.hidden - 1}")
+        size = self.layers[layer]["h"].shape[1]
+        if not 0 <= index < size:
+            raise ConfigError(f"unit {index} is out of range: layer {layer} has units 0..{size - 1}")
         return Unit(layer, kind, index)
 
     def unit(self, layer: int, kind: str = "h", index: int = 0) -> np.ndarray:

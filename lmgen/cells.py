@@ -28,7 +28,7 @@ LSTM's and an RNN's can (:func:`split_bias`).
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -53,10 +53,73 @@ LayerState = Union[Tensor, tuple[Tensor, Tensor]]
 # -- layout ----------------------------------------------------------------------------
 
 
-def build(cell: str, input_size: int, hidden: int, layers: int, dropout: float = 0.0) -> nn.RNNBase:
-    """The fused module of ``layers`` stacked cells (batch first), as the model uses it."""
+def build(cell: str, input_size: int, hidden: int | Sequence[int], layers: int, dropout: float = 0.0) -> nn.Module:
+    """The stacked cells (batch first) as the model uses them: PyTorch's fused module when
+    every layer has the same size, else a :class:`LayerStack` (``hidden`` one size per layer)."""
+    sizes = [hidden] * layers if isinstance(hidden, int) else list(hidden)
+    if len(set(sizes)) > 1:
+        return LayerStack(cell, input_size, sizes, dropout=dropout)
     kwargs = {"nonlinearity": "tanh"} if cell == "rnn" else {}
-    return MODULES[cell](input_size, hidden, num_layers=layers, dropout=dropout, batch_first=True, **kwargs)
+    return MODULES[cell](input_size, sizes[0], num_layers=layers, dropout=dropout, batch_first=True, **kwargs)
+
+
+class LayerStack(nn.Module):
+    """Stacked one-layer cells of different sizes (``--hidden 1150,1150,400``, AWD-LSTM's shape).
+
+    PyTorch's fused modules need one size for every layer. This one holds the same
+    parameters under the same names (``weight_ih_l{l}``, ...; so :func:`layer_weights`,
+    checkpoints and every step engine read it as they read a fused module) and runs the
+    layers one fused kernel call each (:func:`run_stack`). Its state is [L, B, max H_l]:
+    layer l uses its first H_l units and the rest stay zero, so everything that carries,
+    selects or saves a state handles it as it handles a fused module's.
+    """
+
+    bias = True
+    batch_first = True
+
+    def __init__(self, cell: str, input_size: int, sizes: Sequence[int], dropout: float = 0.0):
+        super().__init__()
+        self.cell, self.sizes, self.dropout = cell, list(sizes), dropout
+        self.num_layers, self.hidden_size = len(self.sizes), max(self.sizes)
+        G = len(GATES[cell])
+        inputs = [input_size] + self.sizes[:-1]
+        for layer, (inp, H) in enumerate(zip(inputs, self.sizes)):
+            self.register_parameter(f"weight_ih_l{layer}", nn.Parameter(torch.empty(G * H, inp)))
+            self.register_parameter(f"weight_hh_l{layer}", nn.Parameter(torch.empty(G * H, H)))
+            self.register_parameter(f"bias_ih_l{layer}", nn.Parameter(torch.empty(G * H)))
+            self.register_parameter(f"bias_hh_l{layer}", nn.Parameter(torch.empty(G * H)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Each layer as PyTorch initialises a fused one: U(-1/sqrt(H_l), 1/sqrt(H_l))."""
+        for layer, H in enumerate(self.sizes):
+            for w in layer_weights(self, layer):
+                nn.init.uniform_(w, -1.0 / math.sqrt(H), 1.0 / math.sqrt(H))
+
+    def forward(self, x: Tensor, state: LayerState | None = None) -> tuple[Tensor, LayerState]:
+        """x [B, T, E] -> out [B, T, H_last] and the state [L, B, max H] after the last step."""
+        weights = [layer_weights(self, layer) for layer in range(self.num_layers)]
+        return run_stack(self.cell, x, state, weights, dropout=self.dropout, train=self.training)
+
+    def extra_repr(self) -> str:
+        return f"{self.cell}, sizes={self.sizes}, dropout={self.dropout}"
+
+
+def cell_of(rnn: nn.Module) -> str:
+    """"lstm", "gru" or "rnn" for a fused module or a :class:`LayerStack`."""
+    if isinstance(rnn, LayerStack):
+        return rnn.cell
+    return {cls: name for name, cls in MODULES.items()}[type(rnn)]
+
+
+def layer_sizes(rnn: nn.Module) -> list[int]:
+    """The hidden size of each layer of a fused module or a :class:`LayerStack`."""
+    return list(rnn.sizes) if isinstance(rnn, LayerStack) else [rnn.hidden_size] * rnn.num_layers
+
+
+def is_stack(module: Any) -> bool:
+    """Whether ``module`` is recurrent layers this module can read (fused or :class:`LayerStack`)."""
+    return isinstance(module, (nn.RNNBase, LayerStack))
 
 
 def gate_rows(cell: str, gate: str, hidden: int) -> slice:
@@ -69,16 +132,16 @@ def gate_rows(cell: str, gate: str, hidden: int) -> slice:
     return slice(k * hidden, (k + 1) * hidden)
 
 
-def set_forget_bias(rnn: nn.RNNBase, value: float) -> None:
+def set_forget_bias(rnn: nn.Module, value: float) -> None:
     """An LSTM's forget-gate bias: ``value`` in every layer's b_ih, 0 in its b_hh."""
-    rows = gate_rows("lstm", "f", rnn.hidden_size)
     with torch.no_grad():
-        for layer in range(rnn.num_layers):
+        for layer, H in enumerate(layer_sizes(rnn)):
+            rows = gate_rows("lstm", "f", H)
             getattr(rnn, f"bias_ih_l{layer}")[rows].fill_(value)
             getattr(rnn, f"bias_hh_l{layer}")[rows].fill_(0.0)
 
 
-def layer_weights(rnn: nn.RNNBase, layer: int) -> Weights:
+def layer_weights(rnn: nn.Module, layer: int) -> Weights:
     """``(w_ih, w_hh, b_ih, b_hh)`` of one layer of a fused module (zero biases if it has none).
 
     The parameters themselves, not copies: detach them to step without autograd.
@@ -103,12 +166,13 @@ def split_bias(cell: str, b_ih: Tensor, b_hh: Tensor) -> tuple[Tensor, Tensor | 
     return b_ih + b_hh, None
 
 
-def single_layer(rnn: nn.RNNBase, layer: int) -> nn.RNNBase:
-    """A one-layer copy of layer ``layer`` of a fused nn.LSTM/GRU/RNN (same kernel, same numbers)."""
-    cls = type(rnn)
-    w_ih = getattr(rnn, f"weight_ih_l{layer}")
-    kwargs = {"nonlinearity": rnn.nonlinearity} if isinstance(rnn, nn.RNN) else {}
-    single = cls(w_ih.shape[1], rnn.hidden_size, num_layers=1, bias=rnn.bias, batch_first=True, **kwargs)
+def single_layer(rnn: nn.Module, layer: int) -> nn.RNNBase:
+    """A one-layer copy of layer ``layer`` of a fused nn.LSTM/GRU/RNN or a :class:`LayerStack`
+    (same kernel, same numbers)."""
+    cell = cell_of(rnn)
+    w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
+    kwargs = {"nonlinearity": "tanh"} if cell == "rnn" else {}
+    single = MODULES[cell](w_ih.shape[1], w_hh.shape[1], num_layers=1, bias=rnn.bias, batch_first=True, **kwargs)
     names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if rnn.bias else [])
     single.load_state_dict({f"{n}_l0": getattr(rnn, f"{n}_l{layer}").detach() for n in names})
     return single.to(w_ih.device)
@@ -181,7 +245,9 @@ def run_stack(cell: str, x: Tensor, state: LayerState | None, weights: Sequence[
     The fused module's own call, with ``weights`` (one :data:`Weights` per layer) in place
     of its parameters: the same kernel and numbers, but the weights may be functions of the
     parameters (weight drop), through which gradients reach them. ``state`` is [L, B, H]
-    (LSTM: (h, c)), or None for zeros. Returns out [B, T, H] and the state after the last step.
+    (LSTM: (h, c)), or None for zeros; with layers of different sizes H_l (a :class:`LayerStack`)
+    it is [L, B, max H_l], layer l using its first H_l units. Returns out [B, T, H_last] and
+    the state after the last step.
 
     ``between`` None: one kernel call for all layers, with per-step dropout of p=``dropout``
     between layers when ``train`` (the module's own). Else layer by layer, each layer's
@@ -193,22 +259,33 @@ def run_stack(cell: str, x: Tensor, state: LayerState | None, weights: Sequence[
     >>> torch.equal(out, rnn(x)[0])
     True
     """
-    L, H = len(weights), weights[0][1].shape[1]
+    L, sizes = len(weights), [w[1].shape[1] for w in weights]
+    width = max(sizes)
     if state is None:  # as the fused module does: zeros in the input's dtype
-        h = x.new_zeros(L, x.shape[0], H)
+        h = x.new_zeros(L, x.shape[0], width)
         state = (h, h.clone()) if cell == "lstm" else h
-    if between is None:
+    if between is None and len(set(sizes)) == 1:
         return _run_layers(cell, x, state, weights, dropout, train)
+    if between is None and dropout > 0.0 and train:  # the fused module's per-step dropout between layers
+        def between(h: Tensor) -> Tensor:
+            return torch.nn.functional.dropout(h, dropout, True)
+
+    def part(s: Tensor, layer: int) -> Tensor:  # layer l's [1, B, H_l] of a padded [L, B, width] state
+        return s[layer : layer + 1, :, : sizes[layer]].contiguous()
+
+    def pad(s: Tensor) -> Tensor:
+        return torch.nn.functional.pad(s, (0, width - s.shape[-1]))
+
     states = []
     for layer, layer_w in enumerate(weights):
-        if layer > 0:
+        if layer > 0 and between is not None:
             x = between(x)
-        layer_state = tuple(s[layer : layer + 1] for s in state) if cell == "lstm" else state[layer : layer + 1]
+        layer_state = tuple(part(s, layer) for s in state) if cell == "lstm" else part(state, layer)
         x, layer_state = _run_layers(cell, x, layer_state, [layer_w], 0.0, train)
         states.append(layer_state)
     if cell == "lstm":
-        return x, (torch.cat([s[0] for s in states]), torch.cat([s[1] for s in states]))
-    return x, torch.cat(states)
+        return x, (torch.cat([pad(s[0]) for s in states]), torch.cat([pad(s[1]) for s in states]))
+    return x, torch.cat([pad(s) for s in states])
 
 
 def _run_layers(cell: str, x: Tensor, state: LayerState, weights: Sequence[Weights], dropout: float,
@@ -225,7 +302,7 @@ def _run_layers(cell: str, x: Tensor, state: LayerState, weights: Sequence[Weigh
 # -- a whole sequence (trace) ------------------------------------------------------------
 
 
-def run_layer(rnn: nn.RNNBase, layer: int, x: Tensor) -> Tensor:
+def run_layer(rnn: nn.Module, layer: int, x: Tensor) -> Tensor:
     """Layer ``layer`` of a fused module over x [T, E] from the zero state -> h [T, H]."""
     out, _ = single_layer(rnn, layer)(x[None])
     return out[0]

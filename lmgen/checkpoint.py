@@ -34,7 +34,7 @@ from .config import ModelConfig, from_dict
 from .errors import CheckpointError, ConfigError, LmgenError
 from .files import check_archive, open_regular, physical_memory, read_json
 from .model import RNNLM, build_model
-from .tokenizer import SPM_MODEL_FILE, TOKENIZER_FILE, Tokenizer, load_tokenizer
+from .tokenizer import SPM_MODEL_FILE, TOKENIZER_FILE, Tokenizer, tokenizer_from_state
 from .version import __version__
 
 FORMAT = "lmgen-checkpoint/1"
@@ -234,11 +234,12 @@ def load_train_state(folder: str | os.PathLike) -> dict[str, Any]:
 
 def _load_tokenizer(folder: Path) -> Tokenizer:
     # Each tokenizer file is checked (regular, inside the folder, capped, shallow JSON) first.
-    read_json(folder / TOKENIZER_FILE, TOKENIZER_CAP, "tokenizer")
+    # The checked parse is the one used: tokenizer.json (up to 64 MB) is read once.
+    state = read_json(folder / TOKENIZER_FILE, TOKENIZER_CAP, "tokenizer")
     if (folder / SPM_MODEL_FILE).exists() or (folder / SPM_MODEL_FILE).is_symlink():
         os.close(open_regular(folder / SPM_MODEL_FILE, TOKENIZER_CAP, "SentencePiece model"))
     try:
-        return load_tokenizer(folder)
+        return tokenizer_from_state(state, folder / TOKENIZER_FILE)
     except LmgenError as exc:
         raise CheckpointError(f"{folder}: cannot load the tokenizer: {exc}") from None
 

@@ -45,6 +45,11 @@ def _check(ok: bool, name: str, rule: str, value: Any) -> None:
         raise ConfigError(f"{flag(name)} must be {rule}, got {value!r}")
 
 
+def _whole(value: Any) -> bool:
+    """An int that is not a bool (``true`` is not a whole number of layers)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     _check(value in choices, name, "one of " + ", ".join(choices), value)
 
@@ -66,7 +71,11 @@ class ModelConfig:
                       "LM (Bengio et al. 2003)", default="lstm")
     vocab_size: int = _help("number of tokens (set from the tokenizer)", default=0)
     embed: int = _help("embedding size E", default=64)
-    hidden: int = _help("hidden size H of every recurrent layer", default=256)
+    # A list (TOML ``hidden = [1150, 1150, 400]``, CLI ``--hidden 1150,1150,400``) gives each
+    # layer its own size, as AWD-LSTM does so that the last layer can equal the embedding
+    # for tying; a list of equal sizes is stored as one number (the fused module runs it).
+    hidden: int | list[int] = _help("hidden size H of every recurrent layer, or one size per layer, e.g. "
+                                    "1150,1150,400 (then --layers is the list's length)", default=256)
     layers: int = _help("number of stacked recurrent layers L", default=1)
     dropout: float = _help("dropout on embeddings, between layers and before the decoder, a new mask every "
                            "step (Zaremba et al. 2014); each --dropout-input/-hidden/-output given replaces it "
@@ -80,7 +89,14 @@ class ModelConfig:
                                  "(Gal & Ghahramani 2016)", default=0.0)
     weight_drop: float = _help("DropConnect on the hidden-to-hidden matrices W_hh, a new mask per batch "
                                "(Merity et al. 2018); evaluation and sampling use the full weights", default=0.0)
-    tie: bool = _help("tie decoder and embedding weights (needs --embed == --hidden)", default=False)
+    tie: bool = _help("tie decoder and embedding weights (needs --embed equal to the last layer's --hidden)",
+                      default=False)
+    adaptive_softmax: str = _help("adaptive softmax (Grave et al. 2017): cluster cut-offs in token ranks by "
+                                  "training frequency, e.g. 2000,10000; training is cheaper, evaluation and "
+                                  "sampling still get exact full probabilities (empty = the full softmax)",
+                                  default="")
+    adaptive_div: float = _help("adaptive softmax: each tail cluster's projection is this many times narrower "
+                                "than the previous one's", default=4.0)
     window: int = _help("--cell window: how many previous tokens the model sees", default=5)
     init_range: float = _help("if > 0, draw every weight from U(-r, r) (Zaremba et al. 2014) instead of "
                               "lmgen's default initialisation", default=0.0)
@@ -89,9 +105,10 @@ class ModelConfig:
         _check_finite(self)
         _check_choice("cell", self.cell, CELLS)
         _check(self.vocab_size >= 0, "vocab_size", ">= 0", self.vocab_size)
-        for name in ("embed", "hidden", "layers", "window"):
+        self._normalise_hidden()
+        for name in ("embed", "layers", "window") + (() if isinstance(self.hidden, list) else ("hidden",)):
             value = getattr(self, name)
-            _check(isinstance(value, int) and value >= 1, name, "a whole number >= 1", value)
+            _check(_whole(value) and value >= 1, name, "a whole number >= 1", value)
         _check(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)", self.dropout)
         for name in ("dropout_input", "dropout_hidden", "dropout_output"):
             value = getattr(self, name)
@@ -102,10 +119,76 @@ class ModelConfig:
             raise ConfigError("--weight-drop, --dropout-embed and locked dropout are for recurrent cells, "
                               "not --cell window")
         _check(self.init_range >= 0, "init_range", ">= 0", self.init_range)
-        if self.tie and self.embed != self.hidden:
-            raise ConfigError(
-                f"--tie needs --embed equal to --hidden, got --embed {self.embed} --hidden {self.hidden}"
-            )
+        if self.tie and self.embed != self.top:
+            sizes = ",".join(map(str, self.sizes)) if isinstance(self.hidden, list) else self.hidden
+            raise ConfigError(f"--tie needs --embed equal to --hidden (the last layer's size), got --embed "
+                              f"{self.embed} --hidden {sizes}")
+        _check(self.adaptive_div >= 1.0, "adaptive_div", ">= 1", self.adaptive_div)
+        cuts = self.cutoffs()  # validates --adaptive-softmax
+        if cuts and int(self.top // self.adaptive_div ** len(cuts)) < 1:
+            raise ConfigError(f"--adaptive-softmax: {len(cuts)} tail clusters, each --adaptive-div "
+                              f"{self.adaptive_div:g} times narrower, leave no units of the last layer's "
+                              f"{self.top}; use fewer cut-offs or a smaller --adaptive-div")
+        if self.adaptive_softmax and self.tie:
+            raise ConfigError("--adaptive-softmax and --tie cannot be combined: the adaptive softmax's clusters "
+                              "have no one matrix to share with the embedding")
+
+    def _normalise_hidden(self) -> None:
+        """A list of sizes -> ``layers`` from its length; equal sizes -> one number."""
+        if isinstance(self.hidden, str) and re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*", self.hidden):
+            parts = [int(part) for part in self.hidden.split(",")]  # the CLI's --hidden 1150,1150,400
+            self.hidden = parts[0] if len(parts) == 1 else parts
+        if isinstance(self.hidden, (list, tuple)):
+            sizes = list(self.hidden)
+            _check(bool(sizes) and all(_whole(h) and h >= 1 for h in sizes), "hidden",
+                   "whole numbers >= 1", self.hidden)
+            if self.cell == "window":
+                raise ConfigError("--cell window has one hidden size; per-layer --hidden sizes are for recurrent cells")
+            if self.layers not in (1, len(sizes)):
+                raise ConfigError(f"--hidden lists {len(sizes)} sizes but --layers is {self.layers}: "
+                                  f"give one size per layer, or leave --layers out")
+            self.layers = len(sizes)
+            self.hidden = sizes[0] if len(set(sizes)) == 1 else sizes
+        if isinstance(self.hidden, list):
+            for h in self.hidden:
+                _check(_whole(h) and h >= 1, "hidden", "a whole number >= 1", h)
+
+    @property
+    def sizes(self) -> list[int]:
+        """Hidden size of each layer, [H_0, ..., H_{L-1}]."""
+        return list(self.hidden) if isinstance(self.hidden, list) else [self.hidden] * self.layers
+
+    @property
+    def top(self) -> int:
+        """The last layer's size: what the decoder reads."""
+        return self.hidden[-1] if isinstance(self.hidden, list) else self.hidden
+
+    @property
+    def width(self) -> int:
+        """The widest layer: the state is [L, B, width], layer l using its first H_l units."""
+        return max(self.hidden) if isinstance(self.hidden, list) else self.hidden
+
+    def hidden_text(self) -> str:
+        """``2x200`` (equal layers) or ``1150,1150,400``: the shape as the logs and reports print it."""
+        return ",".join(map(str, self.hidden)) if isinstance(self.hidden, list) else f"{self.layers}x{self.hidden}"
+
+    def cutoffs(self) -> list[int]:
+        """``--adaptive-softmax`` as a list of increasing cut-offs (empty: full softmax)."""
+        text = self.adaptive_softmax.strip() if isinstance(self.adaptive_softmax, str) else None
+        if text is None:
+            raise ConfigError(f"--adaptive-softmax must be cut-offs such as 2000,10000, got {self.adaptive_softmax!r}")
+        if not text:
+            return []
+        try:
+            cuts = [int(part) for part in text.split(",")]
+        except ValueError:
+            raise ConfigError(f"--adaptive-softmax must be cut-offs such as 2000,10000, got {text!r}") from None
+        if any(c < 1 for c in cuts) or cuts != sorted(set(cuts)):
+            raise ConfigError(f"--adaptive-softmax cut-offs must be increasing whole numbers >= 1, got {text!r}")
+        if self.vocab_size and cuts[-1] >= self.vocab_size:
+            raise ConfigError(f"--adaptive-softmax cut-offs must be below the vocabulary size {self.vocab_size:,}, "
+                              f"got {text!r}")
+        return cuts
 
     def locked_dropout(self) -> bool:
         """True when any place uses locked dropout (the model then runs its layers one by one)."""
@@ -123,6 +206,17 @@ class TrainConfig:
     max_vocab: int = _help("word tokenizer: keep at most this many words (0 = all)", default=0)
     min_count: int = _help("word tokenizer: drop words seen fewer times", default=1)
     encoding_errors: str = _help("non-UTF-8 bytes in the corpus: strict (error) or replace", default="strict")
+    separator: str = _help("your own text file or folder: what ends a document (each ends with [END]): none (the "
+                           "file, or each file of a folder, is one), line (each non-empty line: names, titles), "
+                           "blank (paragraphs between blank lines), or a regular expression whose matches separate "
+                           "documents, e.g. '\\n%%\\n'; whole documents then go to the splits (see docs/corpora.md). "
+                           "Registry corpora keep their own", default="none")
+    valid_fraction: float = _help("your own text: the share of documents (of characters with --separator none) "
+                                  "held out for validation; registry corpora keep their published splits",
+                                  default=0.05)
+    test_fraction: float = _help("your own text: the share held out for testing, as --valid-fraction", default=0.05)
+    split_seed: int = _help("your own text with --separator line, blank or REGEX: seed of the draw of documents to "
+                            "the splits (apart from --seed, so runs with other seeds share one split)", default=0)
 
     batch: int = _help("B: number of parallel streams per step", default=32)
     bptt: int = _help("T: tokens per window of truncated back-propagation", default=64)
@@ -169,6 +263,20 @@ class TrainConfig:
     max_nonfinite: int = _help("stop after this many non-finite losses in a row (each is skipped)", default=10)
     out: str = _help("run folder: checkpoints (last/, best/) and metrics.jsonl", default="checkpoints/run")
     resume: bool = _help("continue the run in --out from its last checkpoint", default=False)
+    # Training from an existing checkpoint (lmgen/finetune.py, docs/finetune.md).
+    init_from: str = _help("fine-tune: start from this checkpoint's (or run folder's) weights and tokenizer, with "
+                           "a fresh optimiser and schedule; model flags default to the parent's (ones that change "
+                           "its architecture are refused), its optimiser settings carry over, and --lr defaults to "
+                           "the parent's / 10 (empty = a new model)", default="")
+    extend_vocab: bool = _help("--init-from with a char tokenizer: give the corpus's characters that the parent "
+                               "never saw their own new embedding and decoder rows (else they become <unk>)",
+                               default=False)
+    freeze_embeddings: bool = _help("keep the embedding matrix fixed (with --tie the decoder's too: they are one "
+                                    "matrix)", default=False)
+    finetune: bool = _help("with --resume: AWD-LSTM's fine-tune pass: restart from the run's best/ weights with "
+                           "averaged SGD (ntasgd, averaging from the first step), a fresh optimiser and a constant "
+                           "--lr (default: the run's), in the same run folder; the budget counts the whole run",
+                           default=False)
     progress: bool = _help("show a progress bar", default=True)
 
     def __post_init__(self) -> None:
@@ -179,6 +287,7 @@ class TrainConfig:
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("device", self.device, DEVICES)
         _check_choice("encoding_errors", self.encoding_errors, ("strict", "replace"))
+        _check_documents(self)
         for name in ("batch", "bptt", "eval_every", "log_every", "spm_vocab", "min_count"):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 1, name, "a whole number >= 1", value)
@@ -208,6 +317,24 @@ class TrainConfig:
         if self.optimizer == "ntasgd" and self.average != "none":
             raise ConfigError("--optimizer ntasgd averages by itself (Polyak, from its trigger); drop --average")
         self.time_seconds()  # validates the spelling
+        self._check_start()
+
+    def _check_start(self) -> None:
+        """--init-from, --extend-vocab, --freeze-embeddings and --finetune: the combinations that mean something."""
+        if self.finetune and not self.resume:
+            raise ConfigError("--finetune is a pass over an existing run: use it with --resume --out RUN")
+        if self.extend_vocab and not self.init_from:
+            raise ConfigError("--extend-vocab adds rows to a parent's vocabulary: use it with --init-from CKPT")
+        if self.extend_vocab and self.freeze_embeddings:
+            raise ConfigError("--extend-vocab and --freeze-embeddings exclude each other: the new symbols' rows "
+                              "would never leave their initial values")
+        if self.init_from and not self.resume:
+            from pathlib import Path
+
+            parent, out = Path(self.init_from).expanduser().resolve(), Path(self.out).expanduser().resolve()
+            if parent == out or out in parent.parents:  # --overwrite would delete the parent before it is read
+                raise ConfigError(f"--init-from {self.init_from} lies inside --out {self.out}, which the new run "
+                                  "writes; choose another --out")
 
     def average_decay(self) -> float | None:
         """``--average``: None (off), 0.0 for polyak (an equal-weight mean), or the EMA decay."""
@@ -224,6 +351,26 @@ class TrainConfig:
     def time_seconds(self) -> float:
         """``--time`` in seconds (0 when unset)."""
         return parse_duration(self.time, "time")
+
+
+def _check_documents(config: TrainConfig) -> None:
+    """--separator, --valid-fraction, --test-fraction and --split-seed of a user's text file."""
+    for name in ("valid_fraction", "test_fraction"):
+        _check(0.0 <= getattr(config, name) < 1.0, name, "in [0, 1)", getattr(config, name))
+    _check(config.valid_fraction + config.test_fraction < 1.0, "valid_fraction",
+           "below 1 - --test-fraction (the rest trains)", config.valid_fraction)
+    _check(isinstance(config.split_seed, int) and 0 <= config.split_seed <= MAX_SEED, "split_seed",
+           "a whole number in [0, 2^63)", config.split_seed)
+    _check(config.separator != "file", "separator", "none, line, blank or a regular expression (none makes each "
+           "file one document; write (?:file) for the text 'file')", config.separator)
+    if config.separator not in ("none", "line", "blank"):
+        from .corpora.reading import separator_pattern  # only for a regex: `lmgen --help` stays quick
+        from .errors import CorpusError
+
+        try:
+            separator_pattern(config.separator)
+        except CorpusError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 _UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
@@ -332,6 +479,7 @@ FLAGS = {
     "repetition_penalty": "--repetition-penalty",
     "num_return_sequences": "--num-samples",
     "precision": "--precision",
+    "stop_strings": "--stop",
 }
 PRECISIONS = ("float32", "float16", "auto")
 
@@ -365,8 +513,16 @@ class GenerationConfig:
     # (CPU: packed half-precision weights, float32 arithmetic; 2-3x faster for one stream)
     # or "auto" (float16 where supported, else float32). See :class:`lmgen.sampling.Recurrence`.
     precision: str = "float32"
+    # stop right after the first match of any of these in the generated text, found across
+    # token boundaries (Hugging Face's stop_strings); the text ends with the match
+    stop_strings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.stop_strings, str):  # one string, as Hugging Face also takes it
+            self.stop_strings = (self.stop_strings,)
+        elif isinstance(self.stop_strings, (list, tuple)):
+            self.stop_strings = tuple(self.stop_strings)
+
         def check(ok: bool, name: str, rule: str) -> None:
             if not ok:
                 raise ConfigError(f"{FLAGS[name]} must be {rule}, got {getattr(self, name)!r}")
@@ -391,6 +547,8 @@ class GenerationConfig:
         check(whole(self.num_return_sequences) and self.num_return_sequences >= 1, "num_return_sequences",
               "a whole number >= 1")
         check(self.precision in PRECISIONS, "precision", "one of " + ", ".join(PRECISIONS))
+        check(isinstance(self.stop_strings, tuple) and all(isinstance(s, str) and s for s in self.stop_strings),
+              "stop_strings", "non-empty strings")
         if self.num_beams > 1:
             sampling = [FLAGS[n] for n, on in (("temperature", self.temperature != 1.0),
                                                 ("top_k", self.top_k is not None),
@@ -429,6 +587,8 @@ class GenerationConfig:
         parts.append(f"num_return_sequences={self.num_return_sequences}")
         if self.precision != "float32":
             parts.append(f"precision={self.precision}")
+        if self.stop_strings:
+            parts.append(f"stop_strings={list(self.stop_strings)!r}")
         return " ".join(parts)
 
 

@@ -325,8 +325,8 @@ def model_label(model: Any) -> str:
     if cfg is None:
         return type(model).__name__
     if cfg.cell == "window":
-        return f"{cfg.window}-token window FFNN {cfg.layers}x{cfg.hidden}"
-    return f"{cfg.cell.upper()} {cfg.layers}x{cfg.hidden}"
+        return f"{cfg.window}-token window FFNN {cfg.hidden_text()}"
+    return f"{cfg.cell.upper()} {cfg.hidden_text()}"
 
 
 # The checkpoint-level report (lmgen/report.py) and the adaptive methods' Python API,

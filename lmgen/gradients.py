@@ -45,7 +45,7 @@ def gradient_norms(model: RNNLM, tokens, *, layer: int | None = None) -> np.ndar
         # h.grad holds every path (upwards through the layers and forwards in time).
         weights = [cells.layer_weights(model.rnn, lay) for lay in range(L)]
         inp_all = model.embedding(tokens[:, :-1])  # [B, T, E]
-        states = [cells.zero_state(cell, B, model.config.hidden, inp_all) for _ in range(L)]
+        states = [cells.zero_state(cell, B, size, inp_all) for size in model.config.sizes]
         hs = []  # hs[t]: h of `layer` after step t, [B, H]
         for t in range(T):
             inp = inp_all[:, t]  # [B, E]

@@ -8,7 +8,6 @@ Socher 2017). Both act only in training; the loss a run reports is the cross-ent
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .model import State
 
@@ -32,12 +31,12 @@ def step_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, state: S
     >>> torch.allclose(loss, terms.sum())
     True
     """
+    # The model computes the cross-entropy itself (targets=y): an adaptive softmax then
+    # evaluates only the clusters the targets fall in (lmgen.softmax).
     if not (ar or tar):  # the plain path: no outputs kept for penalties
-        logits, state = model(x, state)  # logits [B, t, V]
-        ce = F.cross_entropy(logits.float().flatten(0, 1), y.reshape(-1))
+        ce, state = model(x, state, targets=y)
         return ce, state, ce.detach()[None]
-    logits, state, (raw, dropped) = model(x, state, return_outputs=True)  # raw, dropped [B, t, H]
-    ce = F.cross_entropy(logits.float().flatten(0, 1), y.reshape(-1))
+    ce, state, (raw, dropped) = model(x, state, return_outputs=True, targets=y)  # raw, dropped [B, t, H]
     ar_term = ar * dropped.float().pow(2).mean()
     # One-token windows have no consecutive pair; TAR is then 0 (not the NaN of an empty mean).
     diff = raw.float()[:, 1:] - raw.float()[:, :-1]  # [B, t-1, H]

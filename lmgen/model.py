@@ -7,7 +7,14 @@ W_hh; evaluation and generation always run the plain fused layers on the full we
 The hidden state is explicit: ``logits, state = model(tokens, state)``. Truncated BPTT
 carries ``state`` from one window to the next and cuts the graph with
 :func:`detach_state`; generation feeds one token at a time with the same call. The
-recurrent layers (weight layout, gate order) are :mod:`lmgen.cells`'.
+recurrent layers (weight layout, gate order) are :mod:`lmgen.cells`'. Layers may differ in
+size (``--hidden 1150,1150,400``); the state is then [L, B, max H_l], layer l using its
+first H_l units (:class:`lmgen.cells.LayerStack`).
+
+The decoder is a linear layer, or with ``--adaptive-softmax`` an
+:class:`~lmgen.softmax.AdaptiveDecoder`, whose "logits" are exact log-probabilities.
+Training asks for the loss itself (``model(x, state, targets=y)``), so that the adaptive
+softmax computes only what the targets need.
 """
 
 from __future__ import annotations
@@ -15,10 +22,12 @@ from __future__ import annotations
 from typing import Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import cells, regularize
 from .config import ModelConfig
+from .softmax import AdaptiveDecoder, decoder_parameters
 
 # LSTM state is (h, c), each [L, B, H]; GRU and tanh-RNN state is h, [L, B, H].
 State = Union[Tensor, tuple[Tensor, Tensor]]
@@ -43,11 +52,11 @@ class RNNLM(nn.Module):
         # never drops itself (and evaluates, like every module, without dropout).
         self.locked_between = config.layers > 1 and config.dropout_hidden >= 0.0
         per_step = config.dropout if config.layers > 1 and not self.locked_between else 0.0
-        self.rnn = cells.build(config.cell, config.embed, config.hidden, config.layers, dropout=per_step)
+        self.rnn = cells.build(config.cell, config.embed, config.sizes, config.layers, dropout=per_step)
         # Training runs the layers functionally when W_hh is dropped or a mask goes between
         # layers; otherwise (and always in evaluation) through the module itself, as before.
         self.functional = config.weight_drop > 0.0 or self.locked_between
-        self.decoder = nn.Linear(config.hidden, config.vocab_size)
+        self.decoder = make_decoder(config, config.top)
         if config.tie:
             # Press & Wolf 2017 / Inan et al. 2017: one matrix for input and output words.
             self.decoder.weight = self.embedding.weight
@@ -66,8 +75,7 @@ class RNNLM(nn.Module):
             nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
         else:
             nn.init.normal_(self.embedding.weight, 0.0, 1.0)
-            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
-        nn.init.zeros_(self.decoder.bias)
+            _init_decoder(self.decoder)
         self.rnn.reset_parameters()
         if self.config.cell == "lstm":
             # Forget-gate bias 1 (Gers et al. 2000; Jozefowicz et al. 2015): remember by default.
@@ -76,16 +84,18 @@ class RNNLM(nn.Module):
     def init_state(self, batch: int, device: torch.device | str | None = None) -> State:
         """The zero state for ``batch`` streams: where every document stream starts."""
         device = device if device is not None else self.embedding.weight.device
-        L, H = self.config.layers, self.config.hidden
+        L, H = self.config.layers, self.config.width
         zeros = torch.zeros(L, batch, H, device=device)
         return (zeros, zeros.clone()) if self.config.cell == "lstm" else zeros
 
-    def forward(self, tokens: Tensor, state: State | None = None, return_outputs: bool = False):
+    def forward(self, tokens: Tensor, state: State | None = None, return_outputs: bool = False,
+                targets: Tensor | None = None):
         """tokens [B, T] (int64) and state -> logits [B, T, V] and the state after the last step.
 
         With ``return_outputs``, also ``(raw, dropped)``: the last layer's output [B, T, H]
         before and after the output dropout (``dropped`` is what the decoder reads), for the
-        activation penalties AR and TAR (Merity et al. 2018).
+        activation penalties AR and TAR (Merity et al. 2018). With ``targets`` [B, T], the
+        mean cross-entropy (float32, a scalar) in place of the logits (:func:`decode_loss`).
         """
         cfg = self.config
         if cfg.dropout_embed > 0.0:
@@ -98,7 +108,7 @@ class RNNLM(nn.Module):
         else:
             out, state = self.rnn(x, state)  # out [B, T, H]
         dropped = self._dropout(out, cfg.dropout_output)
-        logits = self.decoder(dropped)  # [B, T, V]
+        logits = self.decoder(dropped) if targets is None else decode_loss(self.decoder, dropped, targets)
         if return_outputs:
             return logits, state, (out, dropped)
         return logits, state
@@ -150,13 +160,12 @@ class WindowLM(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         sizes = [W * E] + [H] * config.layers
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
-        self.decoder = nn.Linear(H, config.vocab_size)
+        self.decoder = make_decoder(config, H)
         if config.tie:
             self.decoder.weight = self.embedding.weight
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
         if not config.tie:
-            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
-        nn.init.zeros_(self.decoder.bias)
+            _init_decoder(self.decoder)
         if config.init_range > 0:
             uniform_init(self, config.init_range)
 
@@ -165,11 +174,13 @@ class WindowLM(nn.Module):
         device = device if device is not None else self.embedding.weight.device
         return torch.zeros(self.config.window - 1, batch, dtype=torch.long, device=device)
 
-    def forward(self, tokens: Tensor, state: Tensor | None = None, return_outputs: bool = False):
+    def forward(self, tokens: Tensor, state: Tensor | None = None, return_outputs: bool = False,
+                targets: Tensor | None = None):
         """tokens [B, T] and state [W-1, B] -> logits [B, T, V] and the last W-1 ids [W-1, B].
 
         With ``return_outputs``, also ``(raw, dropped)``: the last hidden layer [B, T, H]
-        before and after its dropout, as :meth:`RNNLM.forward` gives.
+        before and after its dropout, and with ``targets`` the mean cross-entropy in place of
+        the logits, as :meth:`RNNLM.forward` gives.
         """
         B, T = tokens.shape
         W = self.config.window
@@ -181,13 +192,41 @@ class WindowLM(nn.Module):
         for layer in self.hidden:
             raw = torch.tanh(layer(x))  # [B, T, H]
             x = self.drop(raw)
-        logits, state = self.decoder(x), seq[:, seq.shape[1] - (W - 1) :].t()
+        logits = self.decoder(x) if targets is None else decode_loss(self.decoder, x, targets)
+        state = seq[:, seq.shape[1] - (W - 1) :].t()
         if return_outputs:
             return logits, state, (raw, x)
         return logits, state
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def make_decoder(cfg: ModelConfig, inputs: int) -> nn.Module:
+    """The output layer on ``inputs`` features: linear, or the adaptive softmax of ``--adaptive-softmax``."""
+    if cfg.adaptive_softmax:
+        return AdaptiveDecoder(inputs, cfg.vocab_size, cfg.cutoffs(), cfg.adaptive_div)
+    return nn.Linear(inputs, cfg.vocab_size)
+
+
+def _init_decoder(decoder: nn.Module) -> None:
+    """Small initial logits (loss ~ ln V at the start): weights U(-0.1, 0.1), biases 0."""
+    for name, param in decoder.named_parameters():
+        if name.endswith("bias"):
+            nn.init.zeros_(param)
+        else:
+            nn.init.uniform_(param, -0.1, 0.1)
+
+
+def decode_loss(decoder: nn.Module, h: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy of the tokens ``targets`` [B, T] after outputs h [B, T, H], in float32.
+
+    A linear decoder computes all logits; an adaptive softmax only the clusters the
+    targets fall in (the reason training asks for the loss instead of the logits).
+    """
+    if isinstance(decoder, AdaptiveDecoder):
+        return decoder.loss(h.float(), targets)
+    return F.cross_entropy(decoder(h).float().flatten(0, 1), targets.reshape(-1))
 
 
 def uniform_init(module: nn.Module, r: float) -> None:
@@ -244,24 +283,30 @@ def estimate_parameters(cfg: ModelConfig) -> int:
     if cfg.cell not in cells.GATES:
         with torch.device("meta"):
             return build_model(cfg).num_parameters()
-    G, V, E, H, L = len(cells.GATES[cfg.cell]), cfg.vocab_size, cfg.embed, cfg.hidden, cfg.layers
-    # Layer 0 reads E inputs, the others H; each gate has W_ih, W_hh, b_ih, b_hh.
-    recurrent = G * H * (E + H + 2) + (L - 1) * G * H * (2 * H + 2)
-    return V * E + recurrent + (0 if cfg.tie else H * V) + V
+    G, V, E, L = len(cells.GATES[cfg.cell]), cfg.vocab_size, cfg.embed, cfg.layers
+    # Layer l reads E inputs (l = 0) or H_{l-1}; each gate has W_ih, W_hh, b_ih, b_hh.
+    if isinstance(cfg.hidden, list):
+        inputs = [E] + cfg.hidden[:-1]
+        recurrent = sum(G * H * (inp + H + 2) for inp, H in zip(inputs, cfg.hidden))
+    else:
+        H = cfg.hidden
+        recurrent = G * H * (E + H + 2) + (L - 1) * G * H * (2 * H + 2)
+    decoder = V if cfg.tie else decoder_parameters(cfg.top, V, cfg.cutoffs(), cfg.adaptive_div)
+    return V * E + recurrent + decoder
 
 
 def estimate_activation_bytes(cfg: ModelConfig, batch: int, bptt: int) -> int:
     """Bytes one training step of B streams x T tokens allocates on the CPU besides the weights (an estimate).
 
     The embedding output and its gradient, [B, T, E] twice; logits, softmax and their
-    gradient, [B, T, V] three times; and per recurrent layer the fused kernel's workspace.
-    On CPU PyTorch runs an LSTM layer through oneDNN, whose workspace holds every step's
-    input and states at the width of the layer's input or H, whichever is larger:
-    (T+1) x B x (6 max(I, H) + 8 H) floats for a layer of I inputs (measured with torch's
-    profiler: 31 GB at once for --embed 10000000, B=2, T=64). GRU and tanh-RNN layers keep
-    less; the same bound serves them.
+    gradient, [B, T, V] three times (an upper bound for the adaptive softmax); and per
+    recurrent layer the fused kernel's workspace. On CPU PyTorch runs an LSTM layer through
+    oneDNN, whose workspace holds every step's input and states at the width of the layer's
+    input or H, whichever is larger: (T+1) x B x (6 max(I, H) + 8 H) floats for a layer of I
+    inputs (measured with torch's profiler: 31 GB at once for --embed 10000000, B=2, T=64).
+    GRU and tanh-RNN layers keep less; the same bound serves them (with H the widest layer).
     """
-    B, T, V, E, H, L = batch, bptt, cfg.vocab_size, cfg.embed, cfg.hidden, cfg.layers
+    B, T, V, E, H, L = batch, bptt, cfg.vocab_size, cfg.embed, cfg.width, cfg.layers
     if cfg.cell not in cells.GATES:  # the window model: [B, T, W*E] inputs, [B, T, H] per layer
         return 4 * B * T * (2 * cfg.window * E + 2 * L * H + 3 * V)
     workspace = (T + 1) * B * ((6 * max(E, H) + 8 * H) + (L - 1) * 14 * H)

@@ -2,7 +2,10 @@
 
 Line editing and history come from ``readline`` (history in ``$LMGEN_CACHE/repl_history``
 when that is set, else ``~/.lmgen_history``). Ctrl-C stops a generation (or clears the
-line being typed) and returns to the prompt; Ctrl-D on an empty line quits.
+line being typed) and returns to the prompt; Ctrl-D on an empty line quits. A prompt may
+span lines: a line ending with a backslash goes on, and lines pasted at once (already
+waiting when the first is read) join it. ``:probs on`` colours generated text with ANSI
+colours on a terminal only, and never when ``NO_COLOR`` is set (https://no-color.org).
 
 >>> run(model, tokenizer, GenerationConfig(), seed=0)                  # doctest: +SKIP
 """
@@ -10,6 +13,7 @@ line being typed) and returns to the prompt; Ctrl-D on an empty line quits.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
 import threading
@@ -19,9 +23,49 @@ from typing import Any, TextIO
 from .cache import CACHE_ENV, cache_folder
 from .config import GenerationConfig
 from .errors import LmgenError
-from .sampling.session import REPL_HELP, Session
+from .sampling.session import REPL_HELP, Session, probability_band
 
 PROMPT = "lmgen> "
+MORE_PROMPT = "...... "  # after a line that ended with a backslash
+PICK_PROMPT = "pick> "
+PASTE_WAIT_S = 0.03  # the next line of a paste arrives within this; no typist is that fast
+_ANSI = {"green": "32", "yellow": "33", "magenta": "35", "red": "31"}
+
+
+def colours_on(out: TextIO) -> bool:
+    """Whether ``out`` gets ANSI colours: a terminal, and NO_COLOR not set (no-color.org)."""
+    try:
+        tty = out.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        tty = False
+    return tty and not os.environ.get("NO_COLOR")
+
+
+def _waiting() -> bool:
+    """Whether more typed input is already waiting: the rest of a paste. Only on a terminal:
+    piped input is read ahead by Python's buffer, where select cannot see it."""
+    try:
+        return sys.stdin.isatty() and bool(select.select([sys.stdin], [], [], PASTE_WAIT_S)[0])
+    except (OSError, ValueError):
+        return False
+
+
+def _read_entry() -> str:
+    """One prompt or command: a line, continued after a trailing backslash, joined by the
+    lines of a paste. A command (``:...``) is one line."""
+    line = input(PROMPT)
+    if line.strip().startswith(":"):
+        return line
+    lines = []
+    while True:
+        if line.endswith("\\"):
+            lines.append(line[:-1])
+            line = input(MORE_PROMPT)
+            continue
+        lines.append(line)
+        if not _waiting():
+            return "\n".join(lines)
+        line = input("")
 
 
 def history_path() -> Path:
@@ -56,13 +100,14 @@ def _save_history(readline: Any) -> None:
 
 
 def run(model: Any, tokenizer: Any, config: GenerationConfig | None = None, *, seed: int = 0,
-        banner: str = "", out: TextIO | None = None, cache: Any = None, adapt: Any = None) -> int:
+        banner: str = "", out: TextIO | None = None, cache: Any = None, adapt: Any = None,
+        copy_guard: Any = None) -> int:
     """Read prompts and commands until ``:quit`` or Ctrl-D; returns the exit status 0.
 
     ``cache`` and ``adapt`` are :class:`Session`'s (a continuous cache per text; ``:adapt``).
     """
     out = out or sys.stdout
-    session = Session(model, tokenizer, config, seed=seed, cache=cache, adapt=adapt)
+    session = Session(model, tokenizer, config, seed=seed, cache=cache, adapt=adapt, copy_guard=copy_guard)
     readline = _setup_readline()
     # Ctrl-C must reach us as KeyboardInterrupt even when we were started with SIGINT
     # ignored (a background job of a script, some launchers): Python keeps an inherited
@@ -78,7 +123,7 @@ def run(model: Any, tokenizer: Any, config: GenerationConfig | None = None, *, s
     try:
         while not session.quit:
             try:
-                line = input(PROMPT)
+                line = _read_entry()
             except EOFError:  # Ctrl-D
                 print(file=out)
                 break
@@ -95,6 +140,9 @@ def run(model: Any, tokenizer: Any, config: GenerationConfig | None = None, *, s
                     print(session.handle(command), file=out)
                 except LmgenError as exc:  # keep the session: say what is wrong, and what is right
                     print(f"error: {exc}\n{REPL_HELP}", file=out)
+                if session.probs and command.lower().startswith(":probs") and not colours_on(out):
+                    print("note: the output is not a terminal (or NO_COLOR is set): the text stays plain", file=out)
+                _pick(session, out)
     finally:
         _save_history(readline)
         if previous_sigint is not None:
@@ -102,13 +150,33 @@ def run(model: Any, tokenizer: Any, config: GenerationConfig | None = None, *, s
     return 0
 
 
+def _pick(session: Session, out: TextIO) -> None:
+    """``:pick``'s answers, until the session leaves the pick (an empty line, Ctrl-D, Ctrl-C)."""
+    while session.picking is not None:
+        try:
+            answer = input(PICK_PROMPT)
+        except (EOFError, KeyboardInterrupt):
+            session.picking = None
+            print(file=out)
+            return
+        try:
+            print(session.answer_pick(answer), file=out)
+        except LmgenError as exc:
+            print(f"error: {exc}", file=out)
+
+
 def _generate(session: Session, text: str, continue_text: bool, out: TextIO) -> None:
+    paint = colours_on(out)
     try:
         for piece in session.generate(text or None, continue_text=continue_text):
-            out.write(piece)
+            prob = getattr(piece, "prob", None)  # set on generated pieces while :probs is on
+            out.write(f"\x1b[{_ANSI[probability_band(prob)]}m{piece}\x1b[0m" if paint and prob is not None
+                      else piece)
             out.flush()
         stop = session.context.stop if session.context else None
         note = {"end": "[END]", "length": f"[max {session.settings['max_new_tokens']} tokens]"}.get(stop or "", "")
+        if stop and stop.startswith("stop:"):
+            note = f"[stopped at {stop[5:]!r}]"
         out.write(f"\n  {note}\n" if note else "\n")
     except KeyboardInterrupt:
         out.write("\n  [interrupted]\n")

@@ -21,11 +21,13 @@ from .evaluate import EvalResult, evaluate_split, model_label
 MAX_NGRAM = 10
 
 
-def file_corpus(path: str, separator: str = "none", errors: str = "replace"):
+def file_corpus(path: str, separator: str = "none", errors: str = "replace", drop_blank: bool = False):
     """A whole text file as a corpus whose only split, "test", is all of it.
 
     ``separator`` says where documents end ([END]): "none" (only at the end of the file),
-    "line", "blank" (blank lines) or "file" — use the one the model was trained with.
+    "line", "blank" (blank lines), "file" or a regular expression — use the one the model
+    was trained with; ``drop_blank`` drops whitespace-only documents, as a run on your own
+    text file did (docs/corpora.md).
     """
     from pathlib import Path
 
@@ -38,7 +40,7 @@ def file_corpus(path: str, separator: str = "none", errors: str = "replace"):
     if p.stat().st_size == 0:
         raise CorpusError(f"{p} is empty; give a text file with some text in it")
     return Corpus(p.name, [p], split="files", split_files={"test": [p]}, separator=separator, errors=errors,
-                  description=f"the text file {p}")
+                  description=f"the text file {p}", drop_blank=drop_blank)
 
 
 @dataclass
@@ -111,12 +113,11 @@ def checkpoint_corpus(ckpt: Any, corpus: str | None = None) -> Any:
     from .errors import ConfigError, CorpusError
 
     trained_on = ckpt.config.get("corpus") or {}
-    errors = (ckpt.config.get("train") or {}).get("encoding_errors", "strict")
     name = corpus or trained_on.get("source") or trained_on.get("name")
     if not name:
         raise ConfigError("the checkpoint does not say which corpus it was trained on; pass --corpus NAME")
-    try:
-        return corpora.resolve(name, errors=errors)
+    try:  # read as the run read it: its separator and split of documents, for your own files
+        return corpora.resolve(name, **corpora.resolve_options(ckpt.config.get("train") or {}, name))
     except CorpusError as exc:
         raise CorpusError(f"{exc} (the checkpoint was trained on {name!r}; pass --corpus NAME|PATH)") from None
 
@@ -135,10 +136,12 @@ def _evaluated_text(ckpt: Any, split: str | None, corpus: str | None, separator:
             raise ConfigError(f"corpus {source_corpus.name!r} has changed since the checkpoint was trained; "
                               "pass --corpus to evaluate on it anyway")
         return source_corpus, split, f"{source_corpus.name} {split}", True
+    spec = corpora.REGISTRY.get(trained_on.get("name", ""))
     if separator is None:
-        spec = corpora.REGISTRY.get(trained_on.get("name", ""))
-        separator = spec.separator if spec else "none"
-    return file_corpus(split, separator), "test", f"the text file {split} (documents end at: {separator})", False
+        separator = spec.separator if spec else (ckpt.config.get("train") or {}).get("separator", "none")
+    drop_blank = spec is None and separator not in ("none", "file")  # as the run read your own text
+    return (file_corpus(split, separator, drop_blank=drop_blank), "test",
+            f"the text file {split} (documents end at: {separator})", False)
 
 
 def evaluate_checkpoint(

@@ -40,6 +40,7 @@ class RunFolder:
     def __init__(self, out: Path, writes: bool = True):
         self.out = Path(out)
         self.writes = writes
+        self.parent: dict[str, Any] | None = None  # --init-from: config.json's train.parent (lmgen.finetune)
 
     def check(self, resume: bool, overwrite: bool, touch: bool = True) -> None:
         """Fail before any work when the folder is unusable or would be clobbered.
@@ -151,6 +152,8 @@ class RunFolder:
         """
         if not self.writes:
             return
+        if self.parent is not None:
+            about["train_config"] = {**(about.get("train_config") or {}), "parent": self.parent}
         save_checkpoint(self.out / "last", model, tokenizer, train_state=train_state, **about)
         if best:
             save_checkpoint(self.out / "best", model, tokenizer, **about)
@@ -179,16 +182,18 @@ def saved_config(out: str | os.PathLike) -> dict[str, Any]:
 # (corpus decoding, tokenizer), the data position and carried state (batch, bptt, jitter),
 # and the optimiser's and averager's state (optimizer, average, nonmono). The corpus may be
 # named anew (a path instead of a name): train() refuses different content. The seed may
-# change but changes nothing: the saved generators replace it.
+# change but changes nothing: the saved generators replace it. init_from and extend_vocab
+# record how the run began (never given with --resume); --finetune is a pass of its own.
 RESUME_MAY_CHANGE = frozenset({
     "corpus", "steps", "epochs", "time", "lr", "weight_decay", "momentum", "clip", "schedule", "warmup", "min_lr",
     "decay_after", "decay_factor", "plateau_factor", "plateau_patience", "patience", "ar", "tar", "eval_every",
     "eval_tokens", "log_every", "device", "amp", "compile", "threads", "max_nonfinite", "out", "resume", "progress",
-    "seed",
+    "seed", "freeze_embeddings", "finetune",
 })
 RESUME_FIXED = frozenset({
     "tokenizer", "spm_vocab", "spm_type", "max_vocab", "min_count", "encoding_errors", "batch", "bptt",
-    "bptt_jitter", "optimizer", "average", "nonmono",
+    "bptt_jitter", "optimizer", "average", "nonmono", "init_from", "extend_vocab",
+    "separator", "valid_fraction", "test_fraction", "split_seed",  # which text is train/valid: the token caches
 })
 
 
@@ -199,17 +204,27 @@ def resume_settings(out: str | os.PathLike, model_given: dict[str, Any],
     Every model setting and every :data:`RESUME_FIXED` one given with a value other than
     the run's is refused, in one line naming the flag.
     """
+    from .finetune import PASS_CHANGES, pass_settings
+
     saved = saved_config(out)
     saved_model, saved_train = saved.get("model") or {}, saved.get("train") or {}
+    for name in ("init_from", "extend_vocab"):  # the same recipe may name the run's own parent again
+        if name in train_given and train_given[name] != saved_train.get(name, getattr(TrainConfig, name)):
+            raise ConfigError(f"{flag(name)} starts a new run from a checkpoint; --resume continues the run in --out: "
+                              "use one or the other")
+    finetuning = bool(train_given.get("finetune"))
+    if finetuning:  # the fine-tune pass's own settings (averaged SGD), checked against what was given
+        train_given = {**train_given, **pass_settings(saved_train, train_given)}
     for name, value in model_given.items():
         if saved_model.get(name, getattr(ModelConfig, name, None)) != value:
             raise ConfigError(f"{flag(name)} cannot change when resuming "
                               f"(the run has {saved_model.get(name)!r})")
     for name, value in train_given.items():
         old = saved_train.get(name, getattr(TrainConfig, name))  # a run from before the field existed
-        if name in RESUME_FIXED and old != value:
+        if name in RESUME_FIXED and old != value and not (finetuning and name in PASS_CHANGES):
             raise ConfigError(f"{flag(name)} cannot change when resuming (the run has {old!r}, not {value!r}): "
                               "the saved state depends on it; start a new run to change it")
     base = {k: v for k, v in saved_train.items() if k in RESUME_MAY_CHANGE | RESUME_FIXED}
+    base.pop("finetune", None)  # a fine-tune pass runs when asked for, not again at every later --resume
     base.update(train_given)
     return from_dict(TrainConfig, base), from_dict(ModelConfig, saved_model)

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import cores, corpora, distributed
+from . import cores, corpora, distributed, finetune
 from .averaging import Averaging, load_raw_weights, make_averaging
 from .checkpoint import Checkpoint, load_checkpoint, load_train_state
 from .config import ModelConfig, TrainConfig
@@ -46,6 +46,7 @@ from .loss import step_loss
 from .model import RNNLM, State, build_model, detach_state, estimate_activation_bytes, estimate_parameters
 from .runs import RunFolder, last_checkpoint_folder
 from .schedule import Schedule, make_optimizer
+from .softmax import token_counts
 from .tokenizer import Tokenizer
 from .train_state import TrainState, check_saved
 
@@ -285,7 +286,7 @@ def train(
         if folder.writes:  # rank 0 alone writes; refuse a bad --out before creating anything
             folder.check(cfg.resume, overwrite, touch=False)
             lock = folder.lock()
-        result = _train(cfg, model_cfg or ModelConfig(), world, folder, overwrite=overwrite, log=log,
+        result = _train(cfg, finetune.model_config(cfg, model_cfg), world, folder, overwrite=overwrite, log=log,
                         on_step=on_step)
         # Every rank done before any tears the group down: a gloo rank whose peer closed
         # first sometimes aborted at exit ("terminate called", SIGABRT; ~1 run in 6 here).
@@ -313,14 +314,16 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, world: distributed.World, f
 
     # One rank per machine fills the corpus and token caches; the others then read them.
     with world.local_main_first():
-        corpus = corpora.resolve(cfg.corpus, errors=cfg.encoding_errors)
+        corpus = corpora.resolve(cfg.corpus, **corpora.resolve_options(asdict(cfg)))
         last, saved = _load_last(cfg, corpus, device) if cfg.resume else (None, None)
-        tokenizer = last.tokenizer if last is not None else _make_tokenizer(corpus, cfg)
+        parent = finetune.Parent.load(cfg, model_cfg, corpus, log) if cfg.init_from and last is None else None
+        tokenizer = last.tokenizer if last else parent.tokenizer if parent else _make_tokenizer(corpus, cfg)
         train_tokens = encode_split(corpus, tokenizer, "train")
         valid_tokens = encode_split(corpus, tokenizer, "valid") if "valid" in corpus.splits else None
     if cfg.optimizer == "ntasgd" and valid_tokens is None:
         log("warning: --optimizer ntasgd switches to averaging on validation results; this corpus has no "
             "validation split, so it stays plain SGD")
+    folder.parent = finetune.parent_record(parent, last, cfg)  # --init-from: config.json's train.parent
     batcher = StreamBatcher(train_tokens.tokens, cfg.batch, cfg.bptt)  # the global layout of B streams
     lengths = WindowLengths(cfg.bptt, cfg.bptt_jitter, cfg.seed)  # the same draws on every rank
 
@@ -328,10 +331,17 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, world: distributed.World, f
     if last is None:
         model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
         _check_memory(model_cfg, cfg.batch, min(lengths.longest, batcher.length - 1), device)
-        model = build_model(model_cfg).to(device)
+        model = (parent.child(model_cfg, cfg.seed) if parent else build_model(model_cfg)).to(device)
+        if model_cfg.adaptive_softmax and parent is None:  # the head holds the most frequent training tokens
+            model.decoder.order_by(token_counts(train_tokens.tokens, model_cfg.vocab_size))
     else:
         model = last.model
-        load_raw_weights(model, saved.get("average"))  # an averaged run saved the average as its weights
+        if cfg.finetune:  # AWD-LSTM's fine-tune pass restarts from the best weights (lmgen.finetune)
+            finetune.load_best_weights(model, tokenizer, cfg.out, device)
+        else:
+            load_raw_weights(model, saved.get("average"))  # an averaged run saved the average as its weights
+    if cfg.freeze_embeddings:
+        finetune.freeze_embeddings(model, log)
     model.train()
     folder.check_disk(model.num_parameters())
     optimizer, schedule, averaging = make_optimizer(model, cfg), Schedule(cfg), make_averaging(cfg, model)
@@ -340,7 +350,9 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, world: distributed.World, f
         torch.manual_seed(cfg.seed + world.rank)  # distinct dropout masks on every rank
     step_model = torch.compile(step_model) if cfg.compile else step_model
     state = TrainState()
-    if saved is not None:
+    if saved is not None and cfg.finetune:
+        state = finetune.start_pass(saved, averaging)
+    elif saved is not None:
         state = TrainState.restore(saved, optimizer, schedule, world, device, cfg)
         lengths.load_state_dict(saved.get("lengths", {}))
         if averaging is not None and "average" in saved:
@@ -350,6 +362,8 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, world: distributed.World, f
     max_steps, max_seconds = _budget(cfg, batcher.length, lengths, log)
     run = _Run(cfg, world, device, share, folder, corpus, tokenizer, batcher, lengths, valid_tokens, model,
                step_model, optimizer, schedule, averaging, max_steps, max_seconds, log)
+    if cfg.finetune:
+        finetune.begin_pass(run, state)  # refuses a spent budget, then notes the pass in metrics.jsonl
     _describe(run, train_tokens, resumed_at=state.step if saved is not None else None)
     return _loop(run, state, on_step)
 
@@ -465,7 +479,7 @@ def _check_memory(cfg: ModelConfig, batch: int, bptt: int, device: torch.device)
              f"for the activations of a step of --batch {batch} x --bptt {bptt})") if activations else ""
     flags = "--hidden, --embed, --layers, --batch or --bptt" if activations else "--hidden, --embed or --layers"
     raise ConfigError(
-        f"a {cfg.layers}x{cfg.hidden} {cfg.cell} with --embed {cfg.embed} and {cfg.vocab_size:,} tokens has "
+        f"a {cfg.hidden_text()} {cfg.cell} with --embed {cfg.embed} and {cfg.vocab_size:,} tokens has "
         f"{parameters:,} parameters, needing ~{(weights + activations) / 2**30:,.0f} GiB to train{split}; "
         f"this machine has {have / 2**30:,.0f} GiB: lower {flags}"
     )
@@ -496,7 +510,7 @@ def _describe(run: _Run, train_tokens: TokenFile, resumed_at: int | None) -> Non
         + f" | {run.tokenizer.kind} tokenizer, {run.tokenizer.vocab_size:,} tokens"
     )
     run.log(
-        f"model {model.config.layers}x{model.config.hidden} {model.config.cell}, "
+        f"model {model.config.hidden_text()} {model.config.cell}, "
         f"{model.num_parameters():,} parameters | device {run.device}"
         + (f", {cores.choose(cfg.threads).describe()}" if run.device.type == "cpu" else "") + " | "
         f"B={cfg.batch} T={cfg.bptt}" + (f"±{cfg.bptt_jitter:g}, ~" if cfg.bptt_jitter else ", ")

@@ -219,7 +219,7 @@ def heatmap(trace: Trace, units: Sequence[Unit] | None = None, *, window: tuple[
     """Many units (rows) over the tokens of ``window`` (columns), diverging colours.
     Default units: the first 32 hidden units of the last layer. Returns the figure."""
     if units is None:
-        units = [Unit(trace.num_layers - 1, "h", j) for j in range(min(32, trace.hidden))]
+        units = [Unit(trace.num_layers - 1, "h", j) for j in range(min(32, trace.layers[-1]["h"].shape[1]))]
     if not units:
         raise ConfigError("heatmap needs at least one unit")
     start, stop = window if window is not None else (0, min(len(trace.text), 120))

@@ -172,7 +172,7 @@ def test_user_errors_are_clear(char_tok):
     tr = trace(model, char_tok, TEXT[:20])
     with pytest.raises(ConfigError, match=r"layer 2 is out of range: this model has layers 0..1"):
         tr.unit(2, "h", 0)
-    with pytest.raises(ConfigError, match=r"unit 12 is out of range: layers have units 0..11"):
+    with pytest.raises(ConfigError, match=r"unit 12 is out of range: layer \d has units 0..11"):
         tr.unit(0, "h", 12)
     with pytest.raises(ConfigError, match="no activation kind 'z'"):
         tr.unit(0, "z", 0)

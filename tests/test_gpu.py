@@ -135,3 +135,23 @@ def test_cuda_trains_with_ar_tar_jitter_and_averaging_like_the_cpu(tmp_path, tin
         b = load_checkpoint(tmp_path / "cuda" / "last", "cpu").model.state_dict()
         for name in a:
             torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["float32", "bf16"])
+def test_cuda_trains_awd_shape_with_an_adaptive_softmax_like_the_cpu(tmp_path, tiny_corpus, amp):
+    """Layers of different sizes (cells.LayerStack) and the adaptive softmax on CUDA; sampling on the result."""
+    from lmgen.sampling import GenerationConfig, generate
+
+    results = {}
+    for device in ("cpu", "cuda"):
+        cfg = TrainConfig(corpus=str(tiny_corpus), batch=4, bptt=32, steps=30, eval_every=10, lr=2e-2, warmup=0,
+                          schedule="constant", progress=False, out=str(tmp_path / device), seed=0, device=device,
+                          amp=amp)
+        model = ModelConfig(embed=16, hidden=[32, 16], adaptive_softmax="8,20", weight_drop=0.3, dropout_hidden=0.2)
+        results[device] = train(cfg, model, log=lambda msg: None)
+    assert math.isfinite(results["cuda"].val_loss)
+    if not amp:
+        assert results["cuda"].val_loss == pytest.approx(results["cpu"].val_loss, rel=2e-3)
+    ckpt = load_checkpoint(tmp_path / "cuda" / "last", "cuda")
+    samples = generate(ckpt.model, ckpt.tokenizer, "The ", GenerationConfig(max_new_tokens=20, num_return_sequences=3))
+    assert len(samples) == 3

@@ -238,7 +238,8 @@ def killed_and_resumed(out: Path, args: list, rng: random.Random, kills: int = 3
 
 @pytest.mark.slow
 @pytest.mark.parametrize("averaging", [
-    ["--average", "ema:0.9"],
+    # ... with AWD-LSTM's shape too: layers of different sizes and an adaptive softmax
+    ["--average", "ema:0.9", "--hidden", "24,16", "--adaptive-softmax", "8,20"],
     # a rate so large that validation soon gets worse: NT-ASGD switches mid-run
     ["--optimizer", "ntasgd", "--nonmono", "1", "--lr", "40", "--clip", "0.25"],
 ], ids=["ema", "ntasgd"])

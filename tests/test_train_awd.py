@@ -1,5 +1,6 @@
 """AWD-LSTM's training options in the loop: weight averaging, NT-ASGD, variable-length BPTT, and exact resume."""
 
+import dataclasses
 import json
 
 import pytest
@@ -92,22 +93,33 @@ def test_ntasgd_steps_plain_sgd_then_saves_the_polyak_mean_from_its_trigger(tiny
     assert state["average"]["trigger"]["logs"] == vals
 
 
-@pytest.mark.parametrize("options", [
-    dict(ar=2.0, tar=1.0, bptt_jitter=4.0, average="ema:0.9"),
-    dict(ar=2.0, tar=1.0, bptt_jitter=4.0, optimizer="ntasgd", nonmono=1, lr=40.0, clip=0.25, eval_every=2),
-], ids=["ema", "ntasgd"])
-def test_resume_with_every_new_option_is_bit_identical(tiny_corpus, tmp_path, options):
+# AWD-LSTM's shape: layers of different sizes, the last one tied to the embedding ...
+AWD_SHAPE = dataclasses.replace(AWD_MODEL, hidden=[16, 8], tie=True)
+# ... and an adaptive softmax (which cannot be tied)
+ADAPTIVE = dataclasses.replace(AWD_MODEL, hidden=[12, 16], adaptive_softmax="6,14")
+
+
+@pytest.mark.parametrize("options, model", [
+    (dict(ar=2.0, tar=1.0, bptt_jitter=4.0, average="ema:0.9"), AWD_MODEL),
+    (dict(ar=2.0, tar=1.0, bptt_jitter=4.0, optimizer="ntasgd", nonmono=1, lr=40.0, clip=0.25, eval_every=2),
+     AWD_MODEL),
+    (dict(ar=2.0, tar=1.0, bptt_jitter=4.0, average="ema:0.9"), AWD_SHAPE),
+    (dict(ar=2.0, tar=1.0, bptt_jitter=4.0, average="polyak"), ADAPTIVE),
+], ids=["ema", "ntasgd", "sizes-tied", "adaptive-softmax"])
+def test_resume_with_every_new_option_is_bit_identical(tiny_corpus, tmp_path, options, model):
     # 16 steps straight vs 10 steps then resumed to 16 (the SIGKILL version is in test_reliability).
     # A run stopped by its budget evaluates at its last step; stopping at one where the
     # straight run evaluates too keeps the validation history (and so NT-ASGD's trigger) the same.
     split = 10 if options.get("eval_every") == 2 else 8
-    train(cfg(tiny_corpus, tmp_path / "straight", steps=16, **options), AWD_MODEL, log=lambda m: None)
-    train(cfg(tiny_corpus, tmp_path / "split", steps=split, **options), AWD_MODEL, log=lambda m: None)
-    train(cfg(tiny_corpus, tmp_path / "split", steps=16, resume=True, **options), AWD_MODEL, log=lambda m: None)
+    train(cfg(tiny_corpus, tmp_path / "straight", steps=16, **options), model, log=lambda m: None)
+    train(cfg(tiny_corpus, tmp_path / "split", steps=split, **options), model, log=lambda m: None)
+    train(cfg(tiny_corpus, tmp_path / "split", steps=16, resume=True, **options), model, log=lambda m: None)
     a, b = weights(tmp_path / "straight" / "last"), weights(tmp_path / "split" / "last")
     assert all(torch.equal(a[k], b[k]) for k in a)
     sa, sb = load_train_state(tmp_path / "straight" / "last"), load_train_state(tmp_path / "split" / "last")
-    assert all(torch.equal(sa["average"]["weights"][k], sb["average"]["weights"][k]) for k in a)
+    averaged = sa["average"]["weights"]  # parameters only: no buffers, one name per tied matrix
+    assert averaged.keys() == sb["average"]["weights"].keys()
+    assert all(torch.equal(averaged[k], sb["average"]["weights"][k]) for k in averaged)
     assert (sa["position"], sa["window"], sa["epoch"]) == (sb["position"], sb["window"], sb["epoch"])
     assert sa["average"]["trigger"] == sb["average"]["trigger"]
     if options.get("optimizer") == "ntasgd":

@@ -5,7 +5,8 @@ Errors caused by the user (``LmgenError``) print one line and exit 1; usage erro
 
 One module per command family, each with its ``cmd_X(args)`` and ``add_X_parser(sub)``:
 ``train.py``; ``generate.py`` (sample, repl); ``evaluate.py`` (eval); ``look.py`` (plot,
-viz); ``corpus.py`` (with ``tables.py``, what it prints); ``flags.py``, the flags several
+viz); ``corpus.py`` (with ``tables.py``, what it prints); ``copycheck.py`` (copycheck, and the
+--max-copy / --check-copy flags of sample and repl); ``flags.py``, the flags several
 commands share. Heavy modules (torch, matplotlib) are imported inside the ``cmd_X``
 functions, so that ``lmgen --help`` stays instant.
 """
@@ -18,6 +19,7 @@ from typing import Sequence
 
 from ..errors import LmgenError
 from ..version import __version__
+from .copycheck import add_copycheck_parser
 from .corpus import add_corpus_parser
 from .evaluate import add_eval_parser
 from .generate import add_repl_parser, add_sample_parser
@@ -47,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_plot_parser(sub)
     add_viz_parser(sub)
     add_repl_parser(sub)
+    add_copycheck_parser(sub)
     return parser
 
 
@@ -72,7 +75,8 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     return args
 
 
-_NEEDS = {"sample": ("stdout",), "eval": ("stdout",), "corpus": ("stdout",), "repl": ("stdin", "stdout")}
+_NEEDS = {"sample": ("stdout",), "eval": ("stdout",), "corpus": ("stdout",), "repl": ("stdin", "stdout"),
+          "copycheck": ("stdout",)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -48,8 +48,9 @@ def add_eval_parser(sub: Any) -> None:
     p.add_argument("--baseline", action="append", metavar="ngram:N",
                    help="also score an order-N Kneser-Ney n-gram LM fitted to the same training split "
                         "with the same tokenizer (repeatable)")
-    p.add_argument("--separator", choices=["line", "blank", "file", "none"], default=None,
-                   help="for a text file: where documents ([END]) end (default: as the training corpus)")
+    p.add_argument("--separator", default=None, metavar="none|line|blank|file|REGEX",
+                   help="for a text file: where documents ([END]) end, or a regular expression whose matches "
+                        "end them (default: as the training corpus)")
     p.add_argument("--max-tokens", type=int, default=0, help="score only the first N tokens (0 = all)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="where to run the model")
     add_threads_flag(p)

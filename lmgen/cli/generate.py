@@ -8,6 +8,7 @@ from typing import Any
 
 from ..config import MAX_SEED
 from ..errors import ConfigError
+from .copycheck import CopyOptions, add_copy_flags
 from .flags import adaptive_configs, add_adaptive_flags, add_threads_flag
 
 
@@ -22,15 +23,41 @@ def _seed(text: str) -> int:
     return value
 
 
+def _stop_string(text: str) -> str:
+    """An argparse type: a stop string, with the escapes \\n \\t \\r \\\\ understood."""
+    from ..sampling.track import unescape
+
+    value = unescape(text)
+    if not value:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
 def _generation_config(args: argparse.Namespace) -> Any:
     from ..sampling import config_from_flags
 
-    return config_from_flags(
+    config = config_from_flags(
         greedy=args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, beam=args.beam,
         length_penalty=args.length_penalty, repetition_penalty=args.repetition_penalty,
         max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
         num_samples=getattr(args, "num_samples", 1), precision=args.precision,
     )
+    return config.replace(stop_strings=tuple(args.stop)) if args.stop else config
+
+
+def _prompt(args: argparse.Namespace) -> str:
+    """The prompt of ``--prompt TEXT``, ``--prompt -`` (stdin) or ``--prompt-file FILE``."""
+    from ..sampling.textfiles import read_prompt
+
+    if args.prompt is not None and args.prompt_file is not None:
+        raise ConfigError("--prompt and --prompt-file exclude each other; give one")
+    if args.prompt_file is not None:
+        return read_prompt(args.prompt_file, "--prompt-file")
+    if args.prompt == "-":
+        if sys.stdin is not None and sys.stdin.isatty():
+            print("lmgen: reading the prompt from the terminal; end it with Ctrl-D", file=sys.stderr)
+        return read_prompt("-", "--prompt")
+    return args.prompt or ""
 
 
 def _add_generation_flags(p: argparse.ArgumentParser, samples: bool = True) -> None:
@@ -57,6 +84,12 @@ def _add_generation_flags(p: argparse.ArgumentParser, samples: bool = True) -> N
                    help=f"stop after N new tokens (default {500 if samples else 300})")
     g.add_argument("--min-new-tokens", type=int, default=0, metavar="N",
                    help="[END] cannot be chosen before N new tokens (default 0)")
+    g.add_argument("--stop", action="append", type=_stop_string, default=None, metavar="STR",
+                   help="stop right after the first match of STR in the generated text (not the prompt), "
+                        "found across tokens; the text ends with STR, included. Repeatable: the first match "
+                        "of any; each sample stops on its own. \\n \\t \\\\ are understood, e.g. --stop '\\n\\n' "
+                        "(default: none)")
+    add_copy_flags(g, samples)
     if samples:
         g.add_argument("--num-samples", type=int, default=1, metavar="N",
                        help="N samples, generated as one batch, each ending at its own [END]; with --beam, "
@@ -77,61 +110,85 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint
     from ..devices import resolve_device
     from ..sampling import generate, prime, stream_samples
+    from ..sampling.records import sample_records, write_records
+    from ..sampling.textfiles import check_output
 
-    config = _generation_config(args)  # bad flags fail before the checkpoint loads
+    config = _generation_config(args)  # bad flags, files and prompts fail before the checkpoint loads
+    if args.out == "-":
+        raise ConfigError("--out needs a file name; without --out the samples print to stdout")
+    out_path = check_output(args.out, "--out") if args.out is not None else None
+    prompt = _prompt(args)
     cache, dynamic, _ = adaptive_configs(args, args.adapt)
     if cache is not None and config.strategy == "beam":
         raise ConfigError("--cache works with greedy search and sampling, not with --beam")
     ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
     model = ckpt.model
-    if dynamic is not None and args.prompt:  # learn the prompt first: the sample leans towards it
+    if dynamic is not None and prompt:  # learn the prompt first: the sample leans towards it
         from ..adaptive import live_adaptation
 
         live = live_adaptation(ckpt, dynamic)
         print(f"lmgen: --adapt: gradient statistics on up to {dynamic.stats_tokens:,} training tokens...",
               file=sys.stderr)
         live.switch(True)
-        steps = live.learn(ckpt.tokenizer.encode(args.prompt), ckpt.tokenizer.end_id)
+        steps = live.learn(ckpt.tokenizer.encode(prompt), ckpt.tokenizer.end_id)
         model = live.model
         print(f"lmgen: adapted to the prompt: {steps} dynamic-evaluation steps (the checkpoint is unchanged)",
               file=sys.stderr)
-    ctx = prime(model, ckpt.tokenizer, args.prompt, unknown="error" if args.strict_prompt else "replace", cache=cache)
+    ctx = prime(model, ckpt.tokenizer, prompt, unknown="error" if args.strict_prompt else "replace", cache=cache)
     if ctx.unknown:
         print(f"lmgen: warning: the vocabulary lacks {', '.join(map(repr, ctx.unknown))} (in the prompt); "
               "they became <unk> (--strict-prompt refuses instead)", file=sys.stderr)
-    generator = torch.Generator().manual_seed(args.seed)
+    copies = CopyOptions(args, ckpt, config.strategy)  # --max-copy, --check-copy: the training index, once
+    ctx.guard = copies.guard()
     n = config.num_return_sequences
+    if out_path is not None:
+        records = sample_records(model, ckpt.tokenizer, prompt, config, seed=args.seed, context=ctx)
+        write_records(records, out_path)
+        for r in records if copies.check else []:
+            print(f"--- sample {r.index + 1} of {n} ---\n{copies.report(r.prompt + r.text)}")
+        stops = [r.stop.partition(":")[0] for r in records]
+        print(f"lmgen: wrote {n} sample{'s' if n > 1 else ''} to {out_path} ({stops.count('end')} ended by [END], "
+              f"{stops.count('stop')} at a stop string, {stops.count('length')} cut at --max-new-tokens)",
+              file=sys.stderr)
+        return 0
+    generator = torch.Generator().manual_seed(args.seed)
     out = sys.stdout
     if config.strategy == "beam":
         for rank, s in enumerate(generate(model, ckpt.tokenizer, ctx, config)):
-            about = f"score {s.score:.4f}, normalised {s.normalized:.4f}, {len(s.ids)} tokens, " + (
-                "ended by [END]" if s.stop == "end" else "cut at --max-new-tokens")
+            about = f"score {s.score:.4f}, normalised {s.normalized:.4f}, {len(s.ids)} tokens, " + _ended(s.stop)
             if n > 1:
                 out.write(f"--- beam {rank + 1} of {n}: {about} ---\n")
             else:
                 print(f"lmgen: beam: {about}", file=sys.stderr)
-            out.write(args.prompt + s.text + "\n")
+            out.write(prompt + s.text + "\n" + (copies.report(prompt + s.text) + "\n" if copies.check else ""))
         return 0
     shown = -1
-    for index, piece in stream_samples(model, ckpt.tokenizer, ctx, config, generator=generator):
+    for index, piece in copies.with_reports(stream_samples(model, ckpt.tokenizer, ctx, config, generator=generator),
+                                            n, prompt):
         while shown < index:  # the next sample starts (samples with no text included)
             shown += 1
             out.write(("\n" if shown else "") + (f"--- sample {shown + 1} of {n} ---\n" if n > 1 else "")
-                      + args.prompt)
+                      + prompt)
         out.write(piece)
         out.flush()
     while shown < n - 1:
         shown += 1
-        out.write(("\n" if shown else "") + (f"--- sample {shown + 1} of {n} ---\n" if n > 1 else "") + args.prompt)
+        out.write(("\n" if shown else "") + (f"--- sample {shown + 1} of {n} ---\n" if n > 1 else "") + prompt)
     out.write("\n")
     return 0
+
+
+def _ended(stop: str) -> str:
+    if stop.startswith("stop:"):
+        return f"stopped at {stop[5:]!r}"
+    return "ended by [END]" if stop == "end" else "cut at --max-new-tokens"
 
 
 def add_sample_parser(sub: Any) -> None:
     p = sub.add_parser(
         "sample", help="generate text from a checkpoint", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Generate text after [END] + PROMPT until [END] (not printed) or --max-new-tokens, "
-                    "printing it as it comes.\n\n"
+        description="Generate text after [END] + PROMPT until [END] (not printed), a --stop string or "
+                    "--max-new-tokens, printing it as it comes (or, with --out, writing JSON records).\n\n"
                     "Prompt symbols the vocabulary lacks become <unk>; a warning names them "
                     "(--strict-prompt refuses them instead).",
         epilog="examples:\n"
@@ -139,10 +196,21 @@ def add_sample_parser(sub: Any) -> None:
                "  lmgen sample checkpoints/run --greedy --max-new-tokens 200\n"
                "  lmgen sample checkpoints/run --beam 5 --num-samples 3 --length-penalty 1.0\n"
                "  lmgen sample checkpoints/run --num-samples 3 --seed 1\n"
+               "  lmgen sample checkpoints/run --prompt-file letter.txt --stop '\\n\\n' --num-samples 20 "
+               "--out samples.jsonl\n"
+               "  echo 'Once upon' | lmgen sample checkpoints/run --prompt - --stop '.'\n"
                "  lmgen sample checkpoints/run --prompt \"$(cat letter.txt)\" --cache 500 --adapt",
     )
     p.add_argument("checkpoint", help="checkpoint folder, or run folder (its best/, else last/)")
-    p.add_argument("--prompt", default="", help="text to continue (default: empty, a new document)")
+    p.add_argument("--prompt", default=None,
+                   help="text to continue; - reads it from stdin (default: empty, a new document)")
+    p.add_argument("--prompt-file", default=None, metavar="FILE",
+                   help="continue the text of FILE (UTF-8, at most 128 KiB; one final newline is dropped)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="write the samples to FILE as JSON lines instead of printing them: one record per sample "
+                        "with text (without the prompt), prompt, seed, tokens, ids, logprob (the model's summed "
+                        "log-probability of the tokens, [END] included, in nats) and stop (end, stop:STR or "
+                        "length); written whole or not at all (default: print)")
     p.add_argument("--strict-prompt", action="store_true",
                    help="refuse a prompt with symbols the vocabulary lacks (default: they become <unk>)")
     _add_generation_flags(p)
@@ -167,7 +235,9 @@ def cmd_repl(args: argparse.Namespace) -> int:
         print(f"lmgen: --adapt: gradient statistics on up to {live.config.stats_tokens:,} training tokens...",
               file=sys.stderr)
         live.switch(True)
-    return run(ckpt.model, ckpt.tokenizer, config, seed=args.seed, banner=banner, cache=cache, adapt=live)
+    copy_guard = CopyOptions(args, ckpt, config.strategy).guard()  # --max-copy
+    return run(ckpt.model, ckpt.tokenizer, config, seed=args.seed, banner=banner, cache=cache, adapt=live,
+               copy_guard=copy_guard)
 
 
 def add_repl_parser(sub: Any) -> None:
@@ -176,8 +246,10 @@ def add_repl_parser(sub: Any) -> None:
         description="An interactive loop with line editing and history ($LMGEN_CACHE/repl_history, else "
                     "~/.lmgen_history). Type a prompt: its continuation streams. An empty line continues the "
                     "text with its state. Commands: :temp :top-k :top-p :sample :greedy :beam :length-penalty "
-                    ":repetition-penalty :max :min :seed :show :reset :continue :help :quit. Ctrl-C stops a "
-                    "generation, Ctrl-D quits. Prompt symbols the vocabulary lacks become <unk> (with a note).\n\n"
+                    ":repetition-penalty :max :min :seed :stop :pick :probs :save :show :reset :continue :help "
+                    ":quit. A line ending with \\ goes on on the next line; pasted lines are one prompt. Ctrl-C "
+                    "stops a generation, Ctrl-D quits. Prompt symbols the vocabulary lacks become <unk> (with a "
+                    "note).\n\n"
                     "The flags set the starting values.",
         epilog="example:\n  lmgen repl checkpoints/run --temperature 0.7",
     )

@@ -24,13 +24,23 @@ def _add_dataclass_flags(group: argparse._ArgumentGroup, fields: list, defaults:
             group.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help_text)
         else:
-            kind = {"int": int, "float": float, "str": str}.get(str(f.type), str)
+            kind = {"int": int, "float": float, "str": str, "int | list[int]": _sizes}.get(str(f.type), str)
             group.add_argument(flag(f.name), dest=f.name, type=kind, default=argparse.SUPPRESS,
                                metavar=f.name.upper(), help=help_text)
 
 
+def _sizes(text: str) -> int | list[int]:
+    """``--hidden 256`` -> 256, ``--hidden 1150,1150,400`` -> [1150, 1150, 400] (one size per layer)."""
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size or sizes such as 1150,1150,400, got {text!r}") from None
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ..distributed import fault_injector_from_env
+    from ..finetune import finetune_settings
     from ..runs import resume_settings
     from ..train import train
 
@@ -41,6 +51,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     model_given, train_given = split_settings(settings)
     if train_given.get("resume"):
         cfg, model_cfg = resume_settings(train_given.get("out", TrainConfig.out), model_given, train_given)
+    elif train_given.get("init_from"):  # fine-tuning: the parent's model and optimiser settings, --lr / 10
+        cfg, model_cfg = finetune_settings(model_given, train_given)
     else:
         cfg = from_dict(TrainConfig, train_given)
         model_cfg = from_dict(ModelConfig, model_given)
@@ -59,12 +71,16 @@ def add_train_parser(sub: Any) -> None:
     p = sub.add_parser(
         "train", help="train a language model", formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="lmgen train [--corpus NAME|PATH] [--cell lstm|gru|rnn] [--steps N | --epochs N | --time 10m] "
-              "[--out DIR] [--resume] [options]",
+              "[--out DIR] [--resume [--finetune] | --init-from CKPT] [options]",
         description="Train an RNN / GRU / LSTM language model with truncated BPTT.\n\n"
                     "Settings come from the defaults below, then --config FILE.toml (same names, with dashes "
                     "or underscores, optionally under [model] and [train]), then the command line.",
         epilog="example:\n  lmgen train --corpus tinyshakespeare --time 5m --out checkpoints/shakespeare\n"
-               "  lmgen train --resume --out checkpoints/shakespeare --steps 5000",
+               "  lmgen train --resume --out checkpoints/shakespeare --steps 5000\n"
+               "  lmgen train --init-from checkpoints/shakespeare --corpus mine.txt --extend-vocab --time 2m "
+               "--out checkpoints/mine\n"
+               "  lmgen train --resume --finetune --out checkpoints/ptb --steps 60000  # AWD-LSTM's ASGD pass\n"
+               "\nfine-tuning (--init-from, --resume --finetune): see docs/finetune.md",
     )
     p.add_argument("--config", metavar="FILE.toml", default=None, help="read settings from a TOML file")
     p.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,

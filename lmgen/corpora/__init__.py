@@ -7,23 +7,27 @@
     >>> for text, ends_document in corpus.pieces("train"):
     ...     ...                                  # ends_document -> the tokenizer emits [END]
 
-A corpus is a stream of *documents*: its separator ("line", "blank", "file" or "none") says
-what ends one, and its split rule ("files", "chars" or "bytes") how train/valid/test are
-cut. The package, one job per file, each importing only those above it:
+A corpus is a stream of *documents*: its separator ("line", "blank", "file", "none", or for
+your own files a regular expression) says what ends one, and its split rule ("files",
+"chars", "bytes" or "documents") how train/valid/test are cut. The package, one job per
+file, each importing only those above it:
 
     registry.py   the named corpora: files, URLs, sha256, split rule, separator
     reading.py    streaming UTF-8 reads: files -> (text, ends_document) pieces
     verify.py     sha256 of every registry file against the registry, recorded per file version
     download.py   the mirror and cache folders; fetch: copy or download, verify, unpack (capped)
-    corpus.py     Corpus (splits, text, fingerprint) and resolve (name, file or folder)
+    documents.py  your own files: which are text, and whole documents drawn to splits
+    corpus.py     Corpus (splits, text, fingerprint)
+    lookup.py     resolve: a registry name, a file or a folder -> Corpus
 
 Only the standard library is used here (no torch), so ``lmgen corpus list`` is instant.
 """
 
 from lmgen.cache import CACHE_ENV, cache_folder
 
-from .corpus import Corpus, resolve
+from .corpus import Corpus
 from .download import fetch, mirror_folder
+from .lookup import resolve, resolve_options
 from .registry import (
     DEFAULT_CORPUS,
     MIRROR_ENV,
@@ -48,4 +52,5 @@ __all__ = [
     "list_corpora",
     "mirror_folder",
     "resolve",
+    "resolve_options",
 ]

@@ -8,6 +8,7 @@ memory. :func:`stream` removes the document separator and marks where it was:
     "blank"  a run of blank lines ends one        (paragraphs)
     "file"   every segment (file) is a document   (a folder of files, python-stdlib)
     "none"   only the last segment ends one       (tinyshakespeare, war-and-peace)
+    REGEX    every match ends one, and each segment's end does (a user's --separator)
 
 :func:`clip` cuts a character range out of a stream (a "chars" split); :func:`align`
 moves a byte offset to a character start (a "bytes" split).
@@ -17,10 +18,13 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import re
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from lmgen.errors import CorpusError
+
+from .registry import SEPARATORS
 
 # How bytes that are not UTF-8 are handled: raise with the offset, or read them as U+FFFD.
 ERRORS = ("strict", "replace")
@@ -29,6 +33,15 @@ ERRORS = ("strict", "replace")
 CHUNK_BYTES = 1 << 20
 
 Segment = tuple[Path, int, int]  # a file's bytes [start, end)
+
+# The separator names a user may give; any other --separator is a regular expression.
+NAMED_SEPARATORS = ("none", "line", "blank")
+# A regex match is accepted once this many characters follow it in memory (or the file ends):
+# a match, or a lookahead, reaching further than this could differ from a whole-file search.
+REGEX_WINDOW = 1 << 16
+# ... and this many characters before the search start stay in memory, so that a lookbehind
+# or \b sees the text before it, and ^ (without (?m)) matches only at the start of the file.
+REGEX_CONTEXT = 256
 
 
 def check_errors(errors: str) -> None:
@@ -145,9 +158,98 @@ def _paragraphs(lines: Iterable[tuple[str, bool]]) -> Iterator[tuple[str, bool]]
         yield "".join(buf), True
 
 
+def separator_pattern(separator: str, what: str = "--separator") -> re.Pattern[str]:
+    """Compile a regular-expression separator, refusing one that is invalid or matches "".
+
+    A pattern that matches the empty string would end a document between every two
+    characters; ``what`` names the setting in the message.
+    """
+    try:
+        pattern = re.compile(separator)
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise CorpusError(
+            f"{what} must be none, line, blank or a regular expression; {separator!r} is not a valid one ({exc})"
+        ) from None
+    if pattern.search("") is not None:
+        raise CorpusError(
+            f"{what} {separator!r} matches the empty string, which would end a document everywhere; "
+            f"make it match at least one character, e.g. '\\n\\n+' or '\\n%\\n'"
+        )
+    return pattern
+
+
+def _regex_documents(chunks: Iterable[str], pattern: re.Pattern[str]) -> Iterator[tuple[str, bool]]:
+    """Cut one segment's text into documents at the pattern's matches (which are removed).
+
+    The segment's end ends the last document, less one final "\\n" (the file's last line
+    end, not part of a document). Text is searched in a window that slides along the file
+    (see REGEX_WINDOW), so a 1 GB file is never held whole.
+    """
+    buf, pos = "", 0  # pos: where the current document's unread text starts in buf
+    chunks = iter(chunks)
+    while True:
+        chunk = next(chunks, None)
+        done = chunk is None
+        if not done:
+            buf += chunk
+            if len(buf) - pos <= 2 * REGEX_WINDOW:
+                continue  # read on: a match is only accepted with REGEX_WINDOW characters after it
+        limit = len(buf) if done else len(buf) - REGEX_WINDOW
+        while (m := pattern.search(buf, pos)) is not None and (done or m.end() <= limit):
+            if m.end() == m.start():
+                raise CorpusError(f"--separator {pattern.pattern!r} matched the empty string (after "
+                                  f"{buf[max(m.start() - 20, 0):m.start()]!r}); make it match at least one character")
+            yield buf[pos : m.start()], True
+            pos = m.end()
+        if done:
+            last = buf[pos:]
+            yield (last[:-1] if last.endswith("\n") else last), True
+            return
+        keep = limit if m is None else min(m.start(), limit)  # text before keep can start no match
+        if keep > pos:
+            yield buf[pos:keep], False
+            pos = keep
+        cut = max(pos - REGEX_CONTEXT, 0)
+        buf, pos = buf[cut:], pos - cut
+
+
+def drop_blank(pieces: Iterable[tuple[str, bool]]) -> Iterator[tuple[str, bool]]:
+    """The pieces less the documents that are empty or only whitespace.
+
+    Whitespace pieces that start a document wait until the document shows text (then they
+    are yielded) or ends (then it is dropped): two [END] in a row would teach a model that
+    an empty item is a likely one.
+    """
+    held: list[str] = []
+    shown = False  # the current document has shown a non-whitespace character
+    for text, ends in pieces:
+        if not shown:
+            if not text or text.isspace():
+                if ends:
+                    held = []
+                else:
+                    held.append(text)
+                continue
+            shown = True
+            for h in held:
+                yield h, False
+            held = []
+        yield text, ends
+        if ends:
+            shown = False
+
+
 def stream(segments: Sequence[Segment], separator: str, errors: str) -> Iterator[tuple[str, bool]]:
-    """(text, ends_document) pieces of the segments, the separator removed."""
-    if separator == "line":
+    """(text, ends_document) pieces of the segments, the separator removed.
+
+    ``separator`` is one of registry.SEPARATORS or else a regular expression (see
+    :func:`separator_pattern`); every segment's end then ends a document.
+    """
+    if separator not in SEPARATORS:
+        pattern = separator_pattern(separator)
+        for path, start, end in segments:
+            yield from _regex_documents(read_text(path, start, end, errors), pattern)
+    elif separator == "line":
         for path, start, end in segments:
             yield from _lines(read_text(path, start, end, errors))
     elif separator == "blank":

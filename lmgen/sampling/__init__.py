@@ -34,7 +34,10 @@ The package, by job (each module imports only those above it)::
     context.py     the text so far and its state (Context, prime); Sample, what generation returns
     choose.py      logits -> tokens: repetition penalty, greedy, temperature, top-k, top-p
     beam.py        beam_search
+    track.py       each row's text, stop strings, stop reason and log-probability (Track)
     generate.py    sample_steps, generate, stream, stream_samples
+    textfiles.py   prompt files and stdin (read_prompt); atomic writes (write_text)
+    records.py     samples as JSON-lines records (sample_records, write_records)
     session.py     the REPL's logic (lmgen.repl is only its I/O)
 
 :class:`~lmgen.config.GenerationConfig` lives with the other configs in :mod:`lmgen.config`,
@@ -49,8 +52,11 @@ from .beam import beam_search
 from .choose import adjust_logits, choose_tokens, sample_generators
 from .context import Context, Sample, prime
 from .generate import generate, sample_steps, stream, stream_samples
+from .records import SampleRecord, read_records, sample_records, write_records
 from .recurrence import Recurrence, half_supported
 from .session import REPL_HELP, Session
+from .textfiles import read_prompt
+from .track import Track
 
 __all__ = [
     "FLAGS", "PRECISIONS", "GenerationConfig", "config_from_flags",
@@ -59,5 +65,6 @@ __all__ = [
     "adjust_logits", "choose_tokens", "sample_generators",
     "sample_steps", "generate", "stream", "stream_samples",
     "beam_search",
+    "Track", "SampleRecord", "sample_records", "write_records", "read_records", "read_prompt",
     "REPL_HELP", "Session",
 ]

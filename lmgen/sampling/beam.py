@@ -18,6 +18,7 @@ from ..tokenizer import Tokenizer, decode_continuation
 from .choose import _seen_mask, adjust_logits
 from .context import Context, Sample, as_context, check_batch
 from .recurrence import Recurrence
+from .track import Track, first_stop
 
 
 @torch.inference_mode()
@@ -41,6 +42,8 @@ def beam_search(
     As Hugging Face's default (``early_stopping=False``), the search stops once W
     hypotheses are finished and the best live beam, normalised at its current length,
     cannot beat the worst of them; at ``max_new_tokens`` the live beams join the finished.
+    A beam whose text reaches one of ``config.stop_strings`` is finished as at ``[END]``
+    (its length without an ``[END]``), its text cut right after the match.
 
     >>> best = beam_search(model, tok, "The", GenerationConfig(num_beams=5, do_sample=False))[0]  # doctest: +SKIP
     """
@@ -49,6 +52,8 @@ def beam_search(
     ctx = as_context(model, tokenizer, prompt)
     if ctx.cache is not None:
         raise ConfigError("--cache works with greedy search and sampling, not with --beam")
+    if ctx.guard is not None:
+        raise ConfigError("--max-copy works with greedy search and sampling, not with --beam")
     rec = Recurrence(model, config.precision)
     end = tokenizer.end_id
     W, alpha, L = config.num_beams, config.length_penalty, config.max_new_tokens
@@ -60,6 +65,7 @@ def beam_search(
     scores = torch.zeros(1, dtype=torch.float64, device=device)  # [k] summed log-probs of live beams
     seen = _seen_mask(ctx.ids, 1, V, device, end) if config.repetition_penalty != 1.0 else None
     finished = _Finished(W, alpha)
+    track = Track(tokenizer, ctx.ids[-1], 1, config.stop_strings) if config.stop_strings else None
 
     for step in range(L):
         logp = torch.log_softmax(adjust_logits(logits, config, seen, step, end), dim=-1, dtype=torch.float64)  # [k, V]
@@ -69,6 +75,9 @@ def beam_search(
         for beam, score in ended:
             finished.add(score, seqs[beam], step + 1, "end")
         seqs = [seqs[b] + [t] for b, t in zip(beams, tokens)]
+        if track is not None:
+            beams, tokens, ranks, new_scores, seqs = _stop(track, finished, step + 1, beams, tokens, ranks,
+                                                           new_scores, seqs)
         if step == L - 1 or not beams:
             for ids, score in zip(seqs, new_scores):
                 finished.add(score, ids, L, "length")
@@ -83,8 +92,30 @@ def beam_search(
         scores = top_scores.index_select(0, at)  # = new_scores
         logits, layers = rec.step(chosen, layers)
     previous = ctx.ids[-1]
-    return [Sample(ids, decode_continuation(tokenizer, ids, previous), stop, score, norm)
+    return [Sample(ids, _cut(decode_continuation(tokenizer, ids, previous), stop, config), stop, score, norm)
             for norm, score, ids, stop in finished.best[: config.num_return_sequences]]
+
+
+def _stop(track: Track, finished: _Finished, length: int, beams: list[int], tokens: list[int], ranks: list[int],
+          scores: list[float], seqs: list[list[int]]) -> tuple[list, ...]:
+    """The new beams (source beam, token, rank, score, ids: parallel lists) left once those
+    whose text reached a stop string have finished."""
+    track.reorder(beams)
+    for row, token in enumerate(tokens):
+        track.push(row, token)
+        track.take(row)  # only the stops matter here: the text is decoded once at the end
+    live = [i for i, done in enumerate(track.done) if not done]
+    for i, done in enumerate(track.done):
+        if done:
+            finished.add(scores[i], seqs[i], length, track.stops[i])
+    track.reorder(live)
+    return tuple([values[i] for i in live] for values in (beams, tokens, ranks, scores, seqs))
+
+
+def _cut(text: str, stop: str, config: GenerationConfig) -> str:
+    """A stopped hypothesis's text ends with its first stop-string match."""
+    hit = first_stop(text, config.stop_strings) if stop.startswith("stop:") else None
+    return text if hit is None else text[: hit[0]]
 
 
 class _Finished:

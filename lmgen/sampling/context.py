@@ -39,9 +39,11 @@ class Context:
         # Ctrl-C between two statements can never leave state and logits out of step
         self.head = head
         self.unknown = unknown or []
-        self.stop: str | None = None  # how the last generation ended: "end", "length" or None
+        self.stop: str | None = None  # how the last generation ended: "end", "stop:STR", "length" or None
         # a continuous cache fed with every token of the text (generation samples its mixture), or None
         self.cache = cache
+        # --max-copy: a lmgen.copycheck.CopyGuard that masks tokens copying too much training text, or None
+        self.guard: Any = None
 
     @property
     def fed(self) -> int:
@@ -89,7 +91,7 @@ def check_batch(model: Any, rows: int, max_new_tokens: int, flag: str) -> None:
     have = physical_memory()
     if have is None:
         return
-    per_row = 4 * (4 * cfg.vocab_size + 4 * cfg.layers * cfg.hidden) + 40 * max_new_tokens + 6000
+    per_row = 4 * (4 * cfg.vocab_size + 4 * cfg.layers * cfg.width) + 40 * max_new_tokens + 6000
     limit = max(1, have // 4 // per_row)
     if rows > limit:
         raise ConfigError(f"{flag} {rows:,} needs ~{rows * per_row / 2**30:,.1f} GiB for one batch "
@@ -137,8 +139,12 @@ class Sample:
     """One generated continuation."""
 
     ids: list[int]  # new token ids, without the [END] that ended it
-    text: str  # their text (as it continues the prompt)
-    stop: str  # "end": [END] was produced; "length": max_new_tokens was reached
+    text: str  # their text (as it continues the prompt), cut right after a stop string's match
+    # "end": [END] was produced; "stop:STR": the stop string STR matched; "length": max_new_tokens was reached
+    stop: str
     score: float | None = None  # beam: summed log-probability of ids (and [END] if stop == "end")
     normalized: float | None = None  # beam: score / length ** length_penalty (what beams compete on)
+    # the model's summed log-probability of ids (and [END] if stop == "end"), before the
+    # repetition penalty, temperature, top-k and top-p; with a cache, the mixture's
+    logprob: float | None = None
 

@@ -113,7 +113,7 @@ class Recurrence:
         self.model = model
         cell = getattr(getattr(model, "config", None), "cell", None)
         rnn = getattr(model, "rnn", None)
-        self.fast = cell in cells.MODULES and isinstance(rnn, torch.nn.RNNBase)
+        self.fast = cell in cells.MODULES and cells.is_stack(rnn)
         self.cell = cell
         params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
         self.device = params[0].device if params else torch.device("cpu")
@@ -125,10 +125,16 @@ class Recurrence:
         self.precision = "float16" if self.half else "float32"
         if self.fast:
             self.num_layers = rnn.num_layers
+            self.sizes = cells.layer_sizes(rnn)  # the state is [L, B, max H_l]: layer l uses H_l units
             self.weights = [tuple(w.detach() for w in cells.layer_weights(rnn, layer))
                             for layer in range(rnn.num_layers)]
             self.embedding = model.embedding.weight.detach()
-            self.decoder = (model.decoder.weight.detach(), model.decoder.bias.detach())
+            # An adaptive softmax (lmgen.softmax) is called as the model's module: its clusters
+            # are small products already; a linear decoder is two detached tensors.
+            linear = isinstance(model.decoder, torch.nn.Linear)
+            self.decoder = (model.decoder.weight.detach(), model.decoder.bias.detach()) if linear else None
+            self.decode: Any = functools.partial(F.linear, weight=self.decoder[0], bias=self.decoder[1]) \
+                if linear else _no_grad(model.decoder)
             if self.half:
                 self._pack(params)
             elif cell == "lstm":
@@ -177,7 +183,8 @@ class Recurrence:
                     layers.append((_PackedLinear(w_ih, b_in), _PackedLinear(w_hh, b_rec), None))
                 else:
                     layers.append((None, None, _PackedLinear(torch.cat([w_ih, w_hh], 1), b_in)))
-            self.layers, self.out = layers, _PackedLinear(*self.decoder)
+            self.layers = layers
+            self.out = _PackedLinear(*self.decoder) if self.decoder is not None else self.decode
         _PACKED[self.model] = (key, (self.layers, self.out))
 
     # -- state formats ---------------------------------------------------------------
@@ -186,18 +193,24 @@ class Recurrence:
         """Model state ([L, B, H], or (h, c)) -> per-layer list."""
         if not self.fast:
             return state
+        sizes = self.sizes
         if self.cell == "lstm":
             h, c = state
-            return [(h[layer], c[layer]) for layer in range(self.num_layers)]
-        return [state[layer] for layer in range(self.num_layers)]
+            return [(h[layer, :, : sizes[layer]], c[layer, :, : sizes[layer]]) for layer in range(self.num_layers)]
+        return [state[layer, :, : sizes[layer]] for layer in range(self.num_layers)]
 
     def join(self, layers: Any) -> Any:
         """Per-layer list -> model state ([L, B, H], or (h, c))."""
         if not self.fast:
             return layers
+        width = max(self.sizes)
+
+        def stack(parts: list[Tensor]) -> Tensor:  # layers of different sizes: zero-padded to the widest
+            return torch.stack([F.pad(p, (0, width - p.shape[-1])) for p in parts])
+
         if self.cell == "lstm":
-            return (torch.stack([h for h, _ in layers]), torch.stack([c for _, c in layers]))
-        return torch.stack(layers)
+            return (stack([h for h, _ in layers]), stack([c for _, c in layers]))
+        return stack(layers)
 
     def select(self, layers: Any, index: Tensor) -> Any:
         """Rows ``index`` of every layer's state (beam reordering, finished samples leaving)."""
@@ -234,7 +247,7 @@ class Recurrence:
             s = cells.fused_step(self.cell, x, s, weights)  # h [B, H]
             new.append(s)
             x = s
-        return F.linear(x, *self.decoder), new  # [B, V]
+        return self.decode(x), new  # [B, V]
 
     def _lstm_step(self, tokens: Tensor, layers: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Any]:
         new = []
@@ -249,7 +262,7 @@ class Recurrence:
             s = cells.update("lstm", gates, None, s)  # (h, c) [B, H] each
             new.append(s)
             x = s[0]
-        return F.linear(x, *self.decoder), new  # [B, V]
+        return self.decode(x), new  # [B, V]
 
     def _half_step(self, tokens: Tensor, layers: list[Any]) -> tuple[Tensor, Any]:
         """One step with the packed float16 weights."""
@@ -285,6 +298,14 @@ class Recurrence:
         if not self.fast:
             raise ConfigError("a continuous cache needs the hidden states of an LSTM, GRU or RNN model")
         return cells.output(self.cell, layers[-1])
+
+
+def _no_grad(module: Any) -> Any:
+    """``module`` called without autograd (the step engines' weights are detached; so is this)."""
+    def call(x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return module(x)
+    return call
 
 
 def _embed_project(tokens: Tensor, project: _PackedLinear, embedding: Tensor) -> Tensor:

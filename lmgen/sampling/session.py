@@ -7,6 +7,8 @@ calls it and prints.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
@@ -14,11 +16,13 @@ import torch
 from ..adaptive.cache import CacheConfig
 from ..config import MAX_SEED, PRECISIONS, GenerationConfig, config_from_flags
 from ..errors import ConfigError
-from ..tokenizer import Tokenizer
+from ..tokenizer import Tokenizer, decode_continuation
 from .beam import beam_search
 from .context import Context, prime
 from .generate import stream
 from .recurrence import Recurrence
+from .textfiles import write_text
+from .track import unescape
 
 if TYPE_CHECKING:
     from ..adaptive.dynamic import LiveAdaptation
@@ -41,9 +45,16 @@ An empty line (or :continue) continues the text so far with its state.
   :adapt on|off    learn from the text you type (dynamic evaluation); off keeps what was learned
   :adapt reset     the trained weights again, exactly
   :score TEXT      log-probability of TEXT as a new document, under the current weights
+  :pick N          the N most likely next tokens with their probabilities: type a number to add
+                   that token, or your own text ('1984 adds the text 1984); an empty line ends it
+  :probs on|off    colour each generated token by the model's probability of it
+                   (green >= 70%, yellow >= 30%, magenta >= 10%, red below; not on a plain output)
+  :stop STR        also stop right after STR in the generated text (\\n: newline); :stop off: none
+  :save FILE       save the text so far to FILE (:save! FILE replaces a file this session did not write)
   :show            the current settings
   :reset           forget the text (the next one starts a new document; :adapt keeps what it learned)
   :help            this help                      :quit  leave (or Ctrl-D)
+A line ending with \\ goes on on the next line; lines pasted at once are one prompt.
 Ctrl-C stops a generation and returns to the prompt."""
 
 # repl command -> (setting, parser); the setting names are config_from_flags' keywords
@@ -58,6 +69,17 @@ _REPL_VALUES = {
     "min": "min_new_tokens", "min-new-tokens": "min_new_tokens",
     "seed": "seed",
 }
+# :probs colours: a token's probability -> the first band it reaches
+PROB_BANDS = ((0.7, "green"), (0.3, "yellow"), (0.1, "magenta"), (0.0, "red"))
+
+
+def probability_band(p: float) -> str:
+    """The ``:probs`` colour of a token of probability ``p``.
+
+    >>> probability_band(0.5)
+    'yellow'
+    """
+    return next((name for floor, name in PROB_BANDS if p >= floor), PROB_BANDS[-1][1])
 _INTS = {"top_k", "beam", "max_new_tokens", "min_new_tokens", "seed"}
 # flags in validation messages -> the repl command that sets them
 _REPL_NAMES = {"--temperature": ":temp", "--top-k": ":top-k", "--top-p": ":top-p", "--beam": ":beam",
@@ -77,8 +99,9 @@ class Session:
     """
 
     def __init__(self, model: Any, tokenizer: Tokenizer, config: GenerationConfig | None = None, seed: int = 0, *,
-                 cache: CacheConfig | None = None, adapt: LiveAdaptation | None = None):
+                 cache: CacheConfig | None = None, adapt: LiveAdaptation | None = None, copy_guard: Any = None):
         self._model = model
+        self.copy_guard = copy_guard  # --max-copy (a lmgen.copycheck.CopyGuard) for every text, or None
         self.tokenizer = tokenizer
         self.cache = cache  # each text gets a continuous cache (sampling from its mixture)
         self.adaptation = adapt  # :adapt; None: not available
@@ -90,8 +113,11 @@ class Session:
             "beam": config.num_beams if config.num_beams > 1 else 4, "length_penalty": config.length_penalty,
             "repetition_penalty": config.repetition_penalty,
             "max_new_tokens": config.max_new_tokens, "min_new_tokens": config.min_new_tokens,
-            "precision": config.precision,
+            "precision": config.precision, "stop_strings": config.stop_strings,
         }
+        self.probs = False  # :probs on: generated pieces carry their probabilities (lmgen.repl colours them)
+        self.picking: int | None = None  # :pick N: the N of the pick in progress
+        self.saved: set[Path] = set()  # files :save wrote: saving to them again needs no :save!
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.context: Context | None = None
@@ -109,7 +135,7 @@ class Session:
     @staticmethod
     def _config(mode: str, s: dict[str, Any]) -> GenerationConfig:
         common = dict(repetition_penalty=s["repetition_penalty"], max_new_tokens=s["max_new_tokens"],
-                      min_new_tokens=s["min_new_tokens"], precision=s["precision"])
+                      min_new_tokens=s["min_new_tokens"], precision=s["precision"], stop_strings=s["stop_strings"])
         if mode == "beam":
             return GenerationConfig(num_beams=s["beam"], do_sample=False, length_penalty=s["length_penalty"], **common)
         return GenerationConfig(do_sample=mode == "sample", temperature=s["temperature"], top_k=s["top_k"],
@@ -127,8 +153,11 @@ class Session:
         text = f"{len(self.context.ids) - 1} tokens of text" if self.context else "no text yet"
         extra = (f"; cache {self.cache.describe()}" if self.cache else "") + (
             f"; {self.adaptation.describe()}" if self.adaptation is not None and self.adaptation.adapter else "")
+        stops = f"; stop at {', '.join(map(repr, s['stop_strings']))}" if s["stop_strings"] else ""
+        probs = "; probabilities shown" if self.probs else ""
         return (f"{how}; repetition penalty {s['repetition_penalty']:g}; max {s['max_new_tokens']} "
-                f"(min {s['min_new_tokens']}) new tokens; weights {s['precision']}; seed {self.seed}; {text}{extra}")
+                f"(min {s['min_new_tokens']}) new tokens{stops}; weights {s['precision']}; seed {self.seed}"
+                f"{probs}; {text}{extra}")
 
     def handle(self, line: str) -> str:
         """Run one ``:command``; returns what to print. Raises ConfigError (message for
@@ -153,6 +182,17 @@ class Session:
             return self._adapt(value.lower())
         if name == "score":
             return self._score(value)
+        if name == "pick":
+            return self.start_pick(value)
+        if name == "probs":
+            if value.lower() not in ("on", "off"):
+                raise ConfigError(f":probs takes on or off, got {value!r}")
+            self.probs = value.lower() == "on"
+            return self.show()
+        if name == "stop":
+            return self._stop(value)
+        if name in ("save", "save!"):
+            return self.save(value, overwrite=name == "save!")
         if name == "precision":
             if value not in PRECISIONS:
                 raise ConfigError(f":precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
@@ -213,6 +253,7 @@ class Session:
                 self.context.extend(self.tokenizer.encode(text))
                 yield text
         config = self.config
+        self.context.guard = self.copy_guard
         if config.strategy == "beam" and self.context.cache is not None:
             raise ConfigError("--cache works with greedy search and sampling, not with :beam")
         if config.strategy == "beam":
@@ -221,7 +262,99 @@ class Session:
             self.context.stop = best.stop
             yield best.text
         else:
-            yield from stream(self.model, self.tokenizer, self.context, config, generator=self.generator)
+            yield from stream(self.model, self.tokenizer, self.context, config, generator=self.generator,
+                              probs=self.probs)
+
+    # -- :pick, :stop, :save -----------------------------------------------------------
+
+    def top(self, n: int) -> list[tuple[int, str, float]]:
+        """The ``n`` most likely next tokens after the text so far, most likely first:
+        ``(id, the text it adds, probability)``. The model's probabilities (with a cache, the
+        mixture's), before temperature, top-k, top-p and the repetition penalty."""
+        ctx = self._text_so_far()
+        logits, _ = ctx.catch_up(Recurrence(self.model, self.settings["precision"]))  # [V]
+        scores = logits[None] if ctx.cache is None else ctx.cache.mix(logits[None])  # [1, V]
+        probs, ids = torch.softmax(scores[0].double(), dim=-1).topk(n)
+        end = self.tokenizer.end_id
+        return [(t, "[END]" if t == end else decode_continuation(self.tokenizer, [t], ctx.ids[-1]), p)
+                for t, p in zip(ids.tolist(), probs.tolist())]
+
+    def start_pick(self, value: str) -> str:
+        """``:pick N``: the table of the N most likely next tokens; answers go to :meth:`answer_pick`."""
+        V = self.tokenizer.vocab_size
+        if not re.fullmatch(r"[0-9]+", value):
+            raise ConfigError(f":pick needs a whole number N, e.g. :pick 5, got {value!r}")
+        if not 1 <= int(value) <= V:
+            raise ConfigError(f":pick N must be in [1, {V}] (the vocabulary's size), got {value}")
+        self.picking = int(value)
+        return self._pick_table()
+
+    def answer_pick(self, answer: str) -> str:
+        """One answer to ``:pick``: a number adds that token; other text is added as typed
+        (``'12`` adds the text 12); an empty line ends the pick, as does a ``:command``, which runs."""
+        assert self.picking is not None, "answer_pick without :pick"
+        typed = answer.strip()
+        if not typed or typed.startswith(":"):
+            self.picking = None
+            return self.handle(typed) if typed else "done picking; an empty line continues the text"
+        note = ""
+        if re.fullmatch(r"[0-9]+", typed):
+            candidates = self.top(self.picking)
+            if not 1 <= int(typed) <= len(candidates):
+                raise ConfigError(f"pick a number from 1 to {len(candidates)}, or type text ('{typed} adds it)")
+            self._text_so_far().extend([candidates[int(typed) - 1][0]])
+        else:
+            text = answer.replace("'", "", 1) if re.fullmatch(r"'[0-9]+", typed) else answer
+            if self.adaptation is not None:  # as :continue TEXT: learn what the writer typed
+                self.adaptation.learn(self.tokenizer.encode(text), self.tokenizer.end_id)
+            missing = self.tokenizer.unknown_symbols(text)
+            note = f"note: the vocabulary lacks {', '.join(map(repr, missing))}; they became <unk>\n" if missing else ""
+            self._text_so_far().extend(self.tokenizer.encode(text))
+        self._text_so_far().stop = None
+        return note + self._pick_table()
+
+    def _pick_table(self) -> str:
+        assert self.picking is not None
+        ctx = self._text_so_far()
+        text = ctx.text(self.tokenizer)
+        lines = [f"text so far: {'...' if len(text) > 60 else ''}{text[-60:]!r}"]
+        for i, (_, piece, p) in enumerate(self.top(self.picking), 1):
+            lines.append(f"  {i:>3}. {piece if piece == '[END]' else repr(piece):<14} {p:8.2%}")
+        lines.append(f"type 1-{self.picking} to add that token, or text to add it; an empty line ends :pick")
+        return "\n".join(lines)
+
+    def _text_so_far(self) -> Context:
+        if self.context is None:
+            self.context = prime(self.model, self.tokenizer, "", cache=self.cache)
+        return self.context
+
+    def _stop(self, value: str) -> str:
+        """``:stop STR`` adds a stop string (quotes keep spaces at its ends); ``:stop off`` drops them all."""
+        if not value:
+            raise ConfigError(":stop needs a string, e.g. :stop \\n or :stop \". \" (:stop off: none)")
+        if value.lower() in ("off", "none"):
+            stops: tuple[str, ...] = ()
+        else:
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            if not unescape(value):
+                raise ConfigError(":stop needs a non-empty string")
+            stops = self.settings["stop_strings"] + (unescape(value),)
+        self.settings = dict(self.settings, stop_strings=stops)
+        return self.show()
+
+    def save(self, target: str, overwrite: bool = False) -> str:
+        """``:save FILE``: the text so far (prompts included) and a final newline, written
+        atomically. A file this session did not write is replaced only with ``:save!``."""
+        if not target:
+            raise ConfigError(":save needs a file name, e.g. :save story.txt")
+        path = Path(target).expanduser()
+        if path.exists() and not path.is_dir() and not overwrite and path.resolve() not in self.saved:
+            raise ConfigError(f"{target} exists; :save! {target} replaces it")
+        text = self.context.text(self.tokenizer) if self.context is not None else ""
+        written = write_text(path, text + "\n" if text else "", ":save")
+        self.saved.add(written.resolve())
+        return f"saved {len(text):,} characters to {written}"
 
     def _adapt(self, value: str) -> str:
         """``:adapt on|off|reset``."""

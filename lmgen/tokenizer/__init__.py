@@ -43,7 +43,7 @@ from .word import WordTokenizer
 __all__ = [
     "END", "UNK", "UNK_CHAR", "FORMAT", "TOKENIZER_FILE", "SPM_MODEL_FILE", "KINDS",
     "Tokenizer", "CharTokenizer", "WordTokenizer", "SentencePieceTokenizer",
-    "TextDecoder", "decode_continuation", "build_tokenizer", "load_tokenizer",
+    "TextDecoder", "decode_continuation", "build_tokenizer", "load_tokenizer", "tokenizer_from_state",
 ]
 
 KINDS: dict[str, type[Tokenizer]] = {
@@ -88,6 +88,11 @@ def load_tokenizer(folder: Path) -> Tokenizer:
         raise TokenizerError(f"cannot read {path} ({e.strerror}); is this an lmgen checkpoint folder?") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise TokenizerError(f"{path} is damaged (not valid JSON: {e}); save the tokenizer again") from None
+    return tokenizer_from_state(state, path)
+
+
+def tokenizer_from_state(state: Any, path: Path) -> Tokenizer:
+    """The tokenizer of an already parsed tokenizer.json at ``path`` (checkpoints read it with their caps)."""
     if not isinstance(state, dict) or "format" not in state:
         raise TokenizerError(f"{path} is not an lmgen tokenizer file (no 'format' field)")
     if state["format"] != FORMAT:
