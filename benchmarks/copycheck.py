@@ -36,7 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 BUILD_CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 import numpy as np
 from lmgen.copycheck import open_index
@@ -45,8 +45,10 @@ tokens = np.memmap(path, dtype, mode="r", shape=(n,))
 start = time.perf_counter()
 index = open_index(path, tokens, vocab)
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "built": index.built, "torch": "torch" in sys.modules}))
+# VmHWM, the peak RSS of this process's own memory: ru_maxrss would also count the parent's
+# resident memory at fork time (Linux keeps it across exec)
+peak = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
+print(json.dumps({"seconds": seconds, "peak_rss_mb": peak, "built": index.built, "torch": "torch" in sys.modules}))
 """
 
 

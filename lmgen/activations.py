@@ -15,11 +15,19 @@ plus the next-token distribution after token t (its top-k and the probability of
 token that really comes next). Row t belongs to the character span ``spans[t]`` of the
 text, so word and SentencePiece models line up with character predicates too.
 
-How (fast and exact): each layer is run once with PyTorch's fused kernel, which returns
+How (fast and exact): each layer is run with PyTorch's fused kernel, which returns
 h_t for every t. The gates depend only on (x_t, h_{t-1}), so they are recomputed for all
 t at once with two matrix products; only the LSTM cell state needs a loop, and it is
 elementwise (c_t = f_t * c_{t-1} + i_t * g_t), no matrix product inside. The gate maths
 is :mod:`lmgen.cells`' (:func:`~lmgen.cells.sequence_activations`), as the step engines'.
+
+Bounded memory: the text goes through in chunks of ``chunk`` tokens, every layer's state
+carried from one chunk to the next (the same steps as one pass), so the temporaries are
+[chunk, 4H] whatever the length and only the kept activations grow with T, at 4 bytes a
+value, or 2 with ``dtype="float16"``::
+
+    tokens  |-- chunk 0 --|-- chunk 1 --|-- chunk 2 --| ...
+    state     0 ---------> s0 ---------> s1 --------->      (each layer's (h, c))
 
     >>> tr = trace(model, tokenizer, "see http://x.org now")     # doctest: +SKIP
     >>> tr.unit(0, "c", 37).shape                                # [T] one value per token
@@ -38,8 +46,16 @@ import torch
 from . import cells
 from .cells import KINDS
 from .errors import ConfigError
+from .intervene import active as active_edits
+from .intervene import intervene  # noqa: F401  (re-exported: lmgen.activations.intervene)
 from .model import RNNLM
 from .tokenizer import Tokenizer
+
+# Tokens run at once by trace: the fused kernel and the [C, 4H] gate products never see
+# more, so a long text costs only what it keeps (oneDNN's LSTM failed at ~520k steps).
+CHUNK = 4096
+# How trace may store activations: float16 halves the memory (3 significant digits).
+STORAGE_DTYPES = ("float32", "float16")
 
 
 @dataclass(frozen=True)
@@ -216,13 +232,17 @@ def trace(
     kinds: Iterable[str] | None = None,
     start_with_end: bool = True,
     allow_unknown: bool = False,
+    chunk: int = CHUNK,
+    dtype: str = "float32",
 ) -> Trace:
     """Run ``text`` through ``model`` and keep every layer's activations at every token.
 
     ``kinds`` keeps only some of them (e.g. ``("h", "c")``) to save memory on long texts
-    (T x H x 4 bytes each). ``start_with_end`` feeds ``[END]`` first, as every training
-    document starts. Symbols outside the vocabulary raise a ConfigError naming them,
-    unless ``allow_unknown`` (they are then read as ``<unk>``).
+    (T x H x 4 bytes each; ``dtype="float16"`` halves that). ``chunk``: tokens run at
+    once (any length of text works; the result does not depend on it beyond rounding).
+    ``start_with_end`` feeds ``[END]`` first, as every training document starts. Symbols
+    outside the vocabulary raise a ConfigError naming them, unless ``allow_unknown`` (they
+    are then read as ``<unk>``).
 
     >>> tr = trace(model, tokenizer, "hello")           # doctest: +SKIP
     >>> tr.layers[0]["c"].shape, tr.top_ids.shape       # [T, H], [T, k]
@@ -232,6 +252,9 @@ def trace(
         raise ConfigError("the text is empty: give at least one character to trace")
     if top_k < 1:
         raise ConfigError(f"top_k must be >= 1, got {top_k}")
+    if chunk < 1:
+        raise ConfigError(f"chunk must be >= 1 token, got {chunk}")
+    store = _storage_dtype(dtype)
     if not allow_unknown:
         unknown = tokenizer.unknown_symbols(text)
         if unknown:
@@ -253,28 +276,60 @@ def trace(
     was_training = model.training
     model.eval()
     try:
+        skip = 1 if start_with_end else 0  # the [END] step is context, not a token of the text
         inputs = np.concatenate([[tokenizer.end_id], ids]) if start_with_end else ids
-        tokens = torch.as_tensor(inputs, dtype=torch.long, device=device)[None]  # [1, T']
-        x = model.embedding(tokens)[0]  # [T', E]
-        rnn = model.rnn
-        layers = []
-        for layer in range(rnn.num_layers):
-            h = cells.run_layer(rnn, layer, x)  # [T', H], from the zero state
-            acts = cells.sequence_activations(cell, x, h, cells.layer_weights(rnn, layer))
-            skip = 1 if start_with_end else 0  # the [END] step is context, not a token of the text
-            layers.append({k: acts[k][skip:].float().cpu().numpy() for k in KINDS[cell] if k in keep})
-            x = h  # eval mode: no dropout between layers
-        logits = model.decoder(h)[skip:].float()  # [T, V]
-        probs = torch.softmax(logits, dim=-1)
-        k = min(top_k, probs.shape[1])
-        top_probs, top_ids = probs.topk(k, dim=-1)
-        following = torch.as_tensor(ids[1:], dtype=torch.long, device=device)
-        next_prob = torch.full((len(ids),), float("nan"))
-        next_prob[:-1] = probs[:-1].gather(1, following[:, None])[:, 0].cpu()
+        rnn, T = model.rnn, len(ids)
+        # Filled chunk by chunk: no list of pieces to concatenate (that would hold two copies).
+        layers = [{k: np.empty((T, H), dtype=store) for k in KINDS[cell] if k in keep}
+                  for H in cells.layer_sizes(rnn)]
+        singles = [cells.single_layer(rnn, layer) for layer in range(rnn.num_layers)]
+        weights = [cells.layer_weights(rnn, layer) for layer in range(rnn.num_layers)]
+        states: list = [None] * rnn.num_layers  # each layer's state after the last chunk
+        edits = active_edits(model)  # units set by lmgen.intervene.intervene, or None
+        tops: list[tuple[np.ndarray, np.ndarray]] = []
+        next_prob = np.full(T, np.nan, dtype=np.float32)
+        for a in range(0, len(inputs), chunk):
+            b = min(a + chunk, len(inputs))
+            lo = max(a, skip) - a  # steps of this chunk before the text's first token
+            r0, r1 = a + lo - skip, b - skip  # rows [r0, r1) of the trace this chunk fills
+            x = model.embedding(torch.as_tensor(inputs[a:b], dtype=torch.long, device=device)[None])[0]  # [C, E]
+            for layer in range(rnn.num_layers):
+                if edits is not None and edits[layer] is not None:  # lmgen.intervene: a step at a time
+                    out, state, acts = cells.edited_activations(cell, x, states[layer], weights[layer], edits[layer])
+                else:
+                    out, state = singles[layer](x[None], states[layer])  # [1, C, H]
+                    start = None if states[layer] is None else _first_row(cell, states[layer])
+                    acts = cells.sequence_activations(cell, x, out[0], weights[layer], start)
+                for kind, values in layers[layer].items():
+                    values[r0:r1] = acts[kind][lo:].float().cpu().numpy()
+                states[layer], x = state, out[0]  # eval mode: no dropout between layers
+            if r1 > r0:
+                probs = torch.softmax(model.decoder(x[lo:]).float(), dim=-1)  # [C', V]
+                top_probs, top_ids = probs.topk(min(top_k, probs.shape[1]), dim=-1)
+                tops.append((top_ids.cpu().numpy(), top_probs.cpu().numpy()))
+                rows = np.arange(r0, min(r1, T - 1))  # rows whose next token is in the text
+                following = torch.as_tensor(ids[rows + 1], dtype=torch.long, device=device)
+                next_prob[rows] = probs[: len(rows)].gather(1, following[:, None])[:, 0].cpu().numpy()
     finally:
         model.train(was_training)
     return Trace(
         text=text, cell=cell, ids=ids, spans=token_spans(tokenizer, text, ids), layers=layers,
-        top_ids=top_ids.cpu().numpy(), top_probs=top_probs.cpu().numpy(), next_prob=next_prob.numpy(),
-        vocab=[tokenizer.piece(i) for i in range(tokenizer.vocab_size)],
+        top_ids=np.concatenate([t[0] for t in tops]), top_probs=np.concatenate([t[1] for t in tops]),
+        next_prob=next_prob, vocab=[tokenizer.piece(i) for i in range(tokenizer.vocab_size)],
     )  # fmt: skip
+
+
+def _storage_dtype(dtype) -> np.dtype:
+    """``"float32"`` / ``"float16"`` (or the numpy / torch dtype) -> the numpy dtype, else a ConfigError."""
+    try:
+        name = np.dtype(str(dtype).replace("torch.", "") if isinstance(dtype, torch.dtype) else dtype).name
+    except TypeError:
+        name = None
+    if name not in STORAGE_DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
+    return np.dtype(name)
+
+
+def _first_row(cell: str, state):
+    """A one-layer, one-row fused state ([1, 1, H], LSTM (h, c)) -> [H] (LSTM (h, c))."""
+    return (state[0][0, 0], state[1][0, 0]) if cell == "lstm" else state[0, 0]

@@ -235,11 +235,48 @@ def gru_gates(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return r, z, n
 
 
+# An intervention on one layer (lmgen.intervene): ``edit(kind, values [B, H])`` returns the
+# values every later node reads in place of ``values`` (the same tensor where it changes nothing).
+Edit = Callable[[str, Tensor], Tensor]
+
+
+def update_edited(cell: str, a: Tensor, b: Tensor | None, state: LayerState, edit: Edit,
+                  seen: dict[str, Tensor] | None = None) -> LayerState:
+    """:func:`update` with units set by ``edit``: each node of the step (gates, c, h) is
+    passed through ``edit`` as soon as it is computed, and every node after it reads the
+    edited value. A clamped c_t is what h_t = o_t tanh(c_t) and the next step read; a
+    clamped gate is what c_t (h_t) is made of. ``seen`` collects every kind's value
+    (:data:`KINDS`), edited, for a trace. Kept apart from :func:`update`, the generation hot
+    loop, which it equals where ``edit`` changes nothing (the same operations in the same order).
+    """
+    if cell == "gru":
+        assert b is not None
+        H = b.shape[-1] // 3
+        r, z = a[..., : 2 * H].add_(b[..., : 2 * H]).sigmoid_().chunk(2, -1)
+        r, z = edit("r", r), edit("z", z)
+        n = edit("n", torch.addcmul(a[..., 2 * H :], r, b[..., 2 * H :]).tanh_())  # reads the edited r
+        h = edit("h", torch.addcmul(n, z, state - n))
+        new: LayerState = h
+        nodes = {"h": h, "r": r, "z": z, "n": n}
+    elif cell == "lstm":
+        i, f, g, o = (edit(kind, v) for kind, v in zip("ifgo", lstm_gates(a if b is None else a.add_(b))))
+        c = edit("c", torch.addcmul(f * state[1], i, g))
+        h = edit("h", o * c.tanh())
+        new, nodes = (h, c), {"h": h, "c": c, "i": i, "f": f, "g": g, "o": o}
+    else:
+        h = edit("h", (a if b is None else a.add_(b)).tanh_())
+        new, nodes = h, {"h": h}
+    if seen is not None:
+        seen.update(nodes)
+    return new
+
+
 # -- a whole sequence (training with dropped weights or locked dropout) ------------------
 
 
 def run_stack(cell: str, x: Tensor, state: LayerState | None, weights: Sequence[Weights], dropout: float = 0.0,
-              train: bool = False, between: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, LayerState]:
+              train: bool = False, between: Callable[[Tensor], Tensor] | None = None,
+              edits: Sequence[Edit | None] | None = None) -> tuple[Tensor, LayerState]:
     """L stacked layers over x [B, T, E] with the fused kernel, on weights passed as tensors.
 
     The fused module's own call, with ``weights`` (one :data:`Weights` per layer) in place
@@ -253,6 +290,9 @@ def run_stack(cell: str, x: Tensor, state: LayerState | None, weights: Sequence[
     between layers when ``train`` (the module's own). Else layer by layer, each layer's
     output going through ``between`` (e.g. locked dropout) before the next layer reads it.
 
+    ``edits`` (one :data:`Edit` or None per layer; :mod:`lmgen.intervene`): layer by layer,
+    a layer with an edit step by step (:func:`run_edited`), the others one fused call each.
+
     >>> rnn = build("lstm", input_size=4, hidden=3, layers=2)
     >>> x = torch.randn(2, 5, 4)
     >>> out, _ = run_stack("lstm", x, None, [layer_weights(rnn, k) for k in range(2)])
@@ -264,7 +304,7 @@ def run_stack(cell: str, x: Tensor, state: LayerState | None, weights: Sequence[
     if state is None:  # as the fused module does: zeros in the input's dtype
         h = x.new_zeros(L, x.shape[0], width)
         state = (h, h.clone()) if cell == "lstm" else h
-    if between is None and len(set(sizes)) == 1:
+    if between is None and edits is None and len(set(sizes)) == 1:
         return _run_layers(cell, x, state, weights, dropout, train)
     if between is None and dropout > 0.0 and train:  # the fused module's per-step dropout between layers
         def between(h: Tensor) -> Tensor:
@@ -281,7 +321,10 @@ def run_stack(cell: str, x: Tensor, state: LayerState | None, weights: Sequence[
         if layer > 0 and between is not None:
             x = between(x)
         layer_state = tuple(part(s, layer) for s in state) if cell == "lstm" else part(state, layer)
-        x, layer_state = _run_layers(cell, x, layer_state, [layer_w], 0.0, train)
+        if edits is not None and edits[layer] is not None:
+            x, layer_state, _ = run_edited(cell, x, layer_state, layer_w, edits[layer])
+        else:
+            x, layer_state = _run_layers(cell, x, layer_state, [layer_w], 0.0, train)
         states.append(layer_state)
     if cell == "lstm":
         return x, (torch.cat([pad(s[0]) for s in states]), torch.cat([pad(s[1]) for s in states]))
@@ -299,6 +342,37 @@ def _run_layers(cell: str, x: Tensor, state: LayerState, weights: Sequence[Weigh
     return out, h
 
 
+def run_edited(cell: str, x: Tensor, state: LayerState, weights: Weights, edit: Edit,
+               record: bool = False) -> tuple[Tensor, LayerState, dict[str, Tensor] | None]:
+    """One layer over x [B, T, E] a step at a time, ``edit`` applied inside every step
+    (:func:`update_edited`): a fused kernel cannot set a unit that its own next step reads.
+
+    ``state`` is [1, B, H] (LSTM: (h, c)), as a one-layer fused call takes it. Returns the
+    output [B, T, H], the state after the last step, and with ``record`` every kind of
+    :data:`KINDS` at every step, [B, T, H] each (else None). Differentiable.
+    """
+    w_ih, w_hh, b_ih, b_hh = weights
+    b_in, b_rec = split_bias(cell, b_ih, b_hh)
+    inputs = torch.nn.functional.linear(x, w_ih, b_in)  # [B, T, G*H]: every step's input projection at once
+    s: LayerState = (state[0][0], state[1][0]) if cell == "lstm" else state[0]  # [B, H]
+    outs: list[Tensor] = []
+    seen: dict[str, list[Tensor]] = {kind: [] for kind in KINDS[cell]} if record else {}
+    step: dict[str, Tensor] | None = {} if record else None
+    for t in range(x.shape[1]):
+        h = output(cell, s)
+        if b_rec is None:  # LSTM, RNN: one summed projection
+            a, b = torch.addmm(inputs[:, t], h, w_hh.t()), None
+        else:  # GRU: update() overwrites a; a fresh copy keeps every step's input intact for autograd
+            a, b = inputs[:, t].clone(), torch.nn.functional.linear(h, w_hh, b_rec)
+        s = update_edited(cell, a, b, s, edit, step)
+        outs.append(output(cell, s))
+        for kind, values in seen.items():
+            values.append(step[kind])  # type: ignore[index]
+    new_state: LayerState = (s[0][None], s[1][None]) if cell == "lstm" else s[None]
+    recorded = {kind: torch.stack(values, 1) for kind, values in seen.items()} if record else None
+    return torch.stack(outs, 1), new_state, recorded
+
+
 # -- a whole sequence (trace) ------------------------------------------------------------
 
 
@@ -308,23 +382,43 @@ def run_layer(rnn: nn.Module, layer: int, x: Tensor) -> Tensor:
     return out[0]
 
 
-def sequence_activations(cell: str, x: Tensor, h: Tensor, weights: Weights) -> dict[str, Tensor]:
-    """Every kind of :data:`KINDS` at every step of a layer that started from the zero state.
+def sequence_activations(cell: str, x: Tensor, h: Tensor, weights: Weights,
+                         start: LayerState | None = None) -> dict[str, Tensor]:
+    """Every kind of :data:`KINDS` at every step of a layer.
 
     x [T, E] is the layer's input and h [T, H] its output (from the fused kernel). The
     gates depend only on (x_t, h_{t-1}), so two matrix products give them for all t at
-    once; only the LSTM cell state needs a scan, and it is elementwise.
+    once; only the LSTM cell state needs a scan, and it is elementwise. ``start`` is the
+    layer's state before step 0 (LSTM (h, c), each [H]; else h [H]), None for zeros: a
+    long text is traced in chunks, each starting where the last one stopped.
     """
     if cell == "rnn":
         return {"h": h}
     w_ih, w_hh, b_ih, b_hh = weights
-    h_prev = torch.cat([h.new_zeros(1, h.shape[1]), h[:-1]])  # [T, H]: the state each step reads
+    h0 = h.new_zeros(h.shape[1]) if start is None else output(cell, start)
+    h_prev = torch.cat([h0[None], h[:-1]])  # [T, H]: the state each step reads
     if cell == "lstm":
         i, f, g, o = lstm_gates(x @ w_ih.T + b_ih + h_prev @ w_hh.T + b_hh)  # [T, 4H]
-        c = _linear_scan(f, i * g, h.new_zeros(h.shape[1]))
+        c = _linear_scan(f, i * g, h.new_zeros(h.shape[1]) if start is None else start[1])
         return {"h": h, "c": c, "i": i, "f": f, "g": g, "o": o}
     r, z, n = gru_gates(x @ w_ih.T + b_ih, h_prev @ w_hh.T + b_hh)  # [T, 3H] each
     return {"h": h, "r": r, "z": z, "n": n}
+
+
+def edited_activations(cell: str, x: Tensor, state: LayerState | None, weights: Weights,
+                       edit: Edit) -> tuple[Tensor, LayerState, dict[str, Tensor]]:
+    """A layer with an intervention over x [T, E], stepped by :func:`run_edited`, for a trace.
+
+    ``state``: a one-layer fused state ([1, 1, H], LSTM (h, c)), None for zeros. Returns the
+    output [1, T, H] and the state after (both as the fused layer returns them) and every
+    kind of :data:`KINDS` [T, H] (:func:`sequence_activations`' dict), edited units as set.
+    """
+    if state is None:
+        zeros = x.new_zeros(1, 1, weights[1].shape[1])
+        state = (zeros, zeros.clone()) if cell == "lstm" else zeros
+    out, state, acts = run_edited(cell, x[None], state, weights, edit, record=True)
+    assert acts is not None
+    return out, state, {kind: values[0] for kind, values in acts.items()}
 
 
 def _linear_scan(a: Tensor, b: Tensor, x0: Tensor) -> Tensor:

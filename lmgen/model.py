@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from . import cells, regularize
 from .config import ModelConfig
+from .intervene import active as active_edits
 from .softmax import AdaptiveDecoder, decoder_parameters
 
 # LSTM state is (h, c), each [L, B, H]; GRU and tanh-RNN state is h, [L, B, H].
@@ -103,8 +104,13 @@ class RNNLM(nn.Module):
         else:
             x = self.embedding(tokens)  # [B, T, E]
         x = self._dropout(x, cfg.dropout_input)
+        edits = active_edits(self)  # units set by lmgen.intervene.intervene, or None
         if self.functional and self.training:
-            out, state = self._run_dropped(x, state)
+            out, state = self._run_dropped(x, state, edits)
+        elif edits is not None:  # layer by layer, an edited layer a step at a time
+            weights = [cells.layer_weights(self.rnn, layer) for layer in range(cfg.layers)]
+            out, state = cells.run_stack(cfg.cell, x, state, weights, dropout=self.rnn.dropout, train=self.training,
+                                         edits=edits)
         else:
             out, state = self.rnn(x, state)  # out [B, T, H]
         dropped = self._dropout(out, cfg.dropout_output)
@@ -117,7 +123,7 @@ class RNNLM(nn.Module):
         """x [B, T, E or H] through the dropout of one place: per-step ``--dropout`` if p is -1, else locked."""
         return self.drop(x) if p < 0.0 else regularize.locked_dropout(x, p, self.training)
 
-    def _run_dropped(self, x: Tensor, state: State | None) -> tuple[Tensor, State]:
+    def _run_dropped(self, x: Tensor, state: State | None, edits: list | None = None) -> tuple[Tensor, State]:
         """The recurrent layers in training, on x [B, T, E], with W_hh dropped and locked dropout between layers.
 
         The parameters themselves are untouched: each call builds the dropped matrices from them.
@@ -131,7 +137,8 @@ class RNNLM(nn.Module):
         if self.locked_between:
             def between(h: Tensor) -> Tensor:  # h [B, T, H]
                 return regularize.locked_dropout(h, cfg.dropout_hidden, True)
-        return cells.run_stack(cfg.cell, x, state, weights, dropout=self.rnn.dropout, train=True, between=between)
+        return cells.run_stack(cfg.cell, x, state, weights, dropout=self.rnn.dropout, train=True, between=between,
+                               edits=edits)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

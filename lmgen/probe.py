@@ -251,3 +251,130 @@ def logistic_probe(
     scores = (X @ w + bias).numpy()
     return Probe(units, w.numpy(), float(bias), mean, std,
                  float(auroc(scores[a], labels[a])), float(auroc(scores[b], labels[b])))
+
+
+# -- causal effect: does the model need the unit where the predicate holds? -------------------
+
+
+@dataclass
+class CausalEffect:
+    """What setting one unit to 0 or to its mean does to the loss, inside and outside a
+    predicate, against the same ablation of ``len(null_units)`` random units of its layer
+    and kind (:func:`causal_effect`). Losses in nats per token; a rise is ablated - intact,
+    averaged over the tokens inside (outside) the predicate."""
+
+    unit: str
+    tokens: int  # tokens scored (the whole text)
+    inside: int  # of them inside the predicate
+    loss_inside: float  # intact model
+    loss_outside: float
+    zero_inside: float  # rise with the unit set to 0
+    zero_outside: float
+    mean_inside: float  # rise with the unit set to its mean over the text
+    mean_outside: float
+    mean_value: float
+    null_units: list[str]
+    null_zero_inside: np.ndarray  # [N] the same rises for each random unit
+    null_zero_outside: np.ndarray
+    null_mean_inside: np.ndarray
+    null_mean_outside: np.ndarray
+
+    @staticmethod
+    def _percentile(value: float, null: np.ndarray) -> float:
+        """The share of the null below ``value`` (ties count half), in percent."""
+        if len(null) == 0:
+            return float("nan")
+        return float(100.0 * (np.sum(null < value) + 0.5 * np.sum(null == value)) / len(null))
+
+    @property
+    def percentile_zero(self) -> float:
+        """Where the unit's rise inside, set to 0, lies among the random units' (0-100)."""
+        return self._percentile(self.zero_inside, self.null_zero_inside)
+
+    @property
+    def percentile_mean(self) -> float:
+        return self._percentile(self.mean_inside, self.null_mean_inside)
+
+    @property
+    def ratio_zero(self) -> float:
+        """Rise inside / rise outside, set to 0 (inf when nothing rises outside)."""
+        return _ratio(self.zero_inside, self.zero_outside)
+
+    @property
+    def ratio_mean(self) -> float:
+        return _ratio(self.mean_inside, self.mean_outside)
+
+    def __str__(self) -> str:
+        n = len(self.null_units)
+        kind = self.unit.split("[")[0]
+        lines = [f"causal effect of {self.unit}: {self.inside:,} of {self.tokens:,} tokens inside the predicate",
+                 f"{'':28s}{'inside':>10s}{'outside':>10s}{'ratio':>9s}{'percentile':>12s}",
+                 f"{'loss, intact':28s}{self.loss_inside:10.4f}{self.loss_outside:10.4f}"]
+        for label, ins, out, ratio, pct in (
+                ("rise, set to 0", self.zero_inside, self.zero_outside, self.ratio_zero, self.percentile_zero),
+                (f"rise, set to mean {self.mean_value:+.3g}", self.mean_inside, self.mean_outside, self.ratio_mean,
+                 self.percentile_mean)):
+            shown = f"{ratio:8.1f}x" if np.isfinite(ratio) else f"{'-':>9s}"  # no rise outside to compare with
+            lines.append(f"{label:28s}{ins:+10.4f}{out:+10.4f}{shown}{pct:11.1f}%")
+        if n:
+            for label, ins, out in (("set to 0", self.null_zero_inside, self.null_zero_outside),
+                                    ("set to mean", self.null_mean_inside, self.null_mean_outside)):
+                lines.append(f"{n} random {kind} units, {label}: rise inside median {np.median(ins):+.4f} "
+                             f"(95th percentile {np.percentile(ins, 95):+.4f}), outside median {np.median(out):+.4f}")
+        return "\n".join(lines)
+
+
+def _ratio(inside: float, outside: float) -> float:
+    return inside / outside if outside > 0 else (float("inf") if inside > 0 else float("nan"))
+
+
+def causal_effect(model, tokenizer, text: str, unit, predicate: np.ndarray, *, n_random: int = 100, seed: int = 0,
+                  means=None, rows: int = 64, window: int = 512) -> CausalEffect:
+    """The rise in loss inside and outside ``predicate`` when ``unit`` is set to 0 and to its
+    mean, and where it lies among ``n_random`` random units of its layer and kind.
+
+    ``predicate`` [len(text)] is a character mask (e.g. ``regex_mask(text, URL_REGEX)``); a
+    token is inside when most of its characters are (as :meth:`Trace.token_mask`), and its
+    loss is the loss of predicting it. ``[END] + text`` is read once per setting, the
+    settings side by side in a batch (:func:`lmgen.intervene.ablation_losses`). ``means``:
+    a :class:`Trace` whose per-unit means are the "mean" values (default: a trace of
+    ``text`` itself). ``seed`` picks the random units.
+
+    >>> effect = causal_effect(model, tok, text, "L0.c[43]", regex_mask(text, URL_REGEX))   # doctest: +SKIP
+    >>> effect.zero_inside, effect.percentile_zero                                          # doctest: +SKIP
+    (0.52, 100.0)
+    """
+    from .activations import token_spans, trace
+    from .intervene import ablation_losses, check_unit
+
+    layer, kind, index = check_unit(model, unit)
+    if n_random < 0:
+        raise ConfigError(f"n_random must be >= 0, got {n_random}")
+    ids = tokenizer.encode_array(text)
+    mask = np.asarray(predicate, dtype=bool)
+    if mask.shape != (len(text),) or len(ids) == 0:
+        raise ConfigError(f"the predicate has shape {mask.shape}, the text has {len(text)} characters")
+    spans = token_spans(tokenizer, text, ids)
+    counts = np.concatenate([[0], np.cumsum(mask)])  # majority of each token's characters, as Trace.token_mask
+    labels = (counts[spans[:, 1]] - counts[spans[:, 0]]) * 2 > np.maximum(spans[:, 1] - spans[:, 0], 1)
+    if labels.all() or not labels.any():
+        raise ConfigError(f"{int(labels.sum())} of {len(labels)} tokens are inside the predicate; "
+                          "a causal effect needs tokens both inside and outside")
+    if means is None:
+        means = trace(model, tokenizer, text, kinds=(kind,), top_k=1, allow_unknown=True)
+    mu = np.asarray(means.layers[layer][kind], dtype=np.float64).mean(axis=0)  # [H]
+    others = np.array([j for j in range(len(mu)) if j != index])
+    null = np.sort(np.random.default_rng(seed).choice(others, size=min(n_random, len(others)), replace=False))
+    settings = [(index, 0.0), (index, float(mu[index]))]
+    settings += [(int(j), 0.0) for j in null] + [(int(j), float(mu[j])) for j in null]
+    intact, rises = ablation_losses(model, ids, tokenizer.end_id, layer, kind, settings, rows=rows, window=window)
+    ins, outs = rises[:, labels].mean(axis=1), rises[:, ~labels].mean(axis=1)  # [S] each
+    n = len(null)
+    return CausalEffect(
+        unit=f"L{layer}.{kind}[{index}]", tokens=len(ids), inside=int(labels.sum()),
+        loss_inside=float(intact[labels].mean()), loss_outside=float(intact[~labels].mean()),
+        zero_inside=float(ins[0]), zero_outside=float(outs[0]), mean_inside=float(ins[1]), mean_outside=float(outs[1]),
+        mean_value=float(mu[index]), null_units=[f"L{layer}.{kind}[{j}]" for j in null],
+        null_zero_inside=ins[2 : 2 + n], null_zero_outside=outs[2 : 2 + n],
+        null_mean_inside=ins[2 + n :], null_mean_outside=outs[2 + n :],
+    )  # fmt: skip

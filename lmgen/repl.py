@@ -101,13 +101,15 @@ def _save_history(readline: Any) -> None:
 
 def run(model: Any, tokenizer: Any, config: GenerationConfig | None = None, *, seed: int = 0,
         banner: str = "", out: TextIO | None = None, cache: Any = None, adapt: Any = None,
-        copy_guard: Any = None) -> int:
+        copy_guard: Any = None, interventions: Any = None) -> int:
     """Read prompts and commands until ``:quit`` or Ctrl-D; returns the exit status 0.
 
-    ``cache`` and ``adapt`` are :class:`Session`'s (a continuous cache per text; ``:adapt``).
+    ``cache``, ``adapt`` and ``interventions`` are :class:`Session`'s (a continuous cache per
+    text; ``:adapt``; the units ``--clamp`` / ``--ablate`` set).
     """
     out = out or sys.stdout
-    session = Session(model, tokenizer, config, seed=seed, cache=cache, adapt=adapt, copy_guard=copy_guard)
+    session = Session(model, tokenizer, config, seed=seed, cache=cache, adapt=adapt, copy_guard=copy_guard,
+                      interventions=interventions)
     readline = _setup_readline()
     # Ctrl-C must reach us as KeyboardInterrupt even when we were started with SIGINT
     # ignored (a background job of a script, some launchers): Python keeps an inherited

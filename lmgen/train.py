@@ -10,7 +10,8 @@ steps: validation loss, ``last/`` checkpoint, and ``best/`` when it improved; wi
 ``--average`` or NT-ASGD those see the averaged weights (:mod:`lmgen.averaging`).
 :class:`~lmgen.train_state.TrainState` is where the run stands; with the optimiser,
 schedule and random generators it is what ``last/train_state.pt`` keeps, so that
-``--resume`` continues bit for bit.
+``--resume`` continues bit for bit. Starting from another checkpoint (``--init-from``) and
+AWD-LSTM's fine-tune pass (``--resume --finetune``) are :mod:`lmgen.finetune`'s.
 
 Under ``torchrun`` (see :mod:`lmgen.distributed`) the same loop runs on W ranks, each on
 its contiguous share of the B streams, the model wrapped in DistributedDataParallel.

@@ -43,6 +43,8 @@ _CSS = """
 .lmgen-viz .gap { white-space: pre; vertical-align: top; }
 .lmgen-viz .legend span { display: inline-block; width: 2.2em; text-align: center; font-size: 10px; }
 .lmgen-viz .head { font-family: sans-serif; margin-bottom: 6px; }
+.lmgen-viz .text { white-space: normal; overflow-wrap: anywhere; max-width: 100%; }
+.lmgen-viz .tok.in .ch { box-shadow: inset 0 -2px 0 #000; }
 """
 
 
@@ -93,6 +95,7 @@ class UnitView:
     start: int  # character window [start, stop) of the text to show
     stop: int
     note: str = ""
+    marks: np.ndarray | None = None  # [T] tokens to underline (e.g. inside a predicate), or None
 
     def _fragment(self) -> str:
         tr = self.trace
@@ -106,7 +109,7 @@ class UnitView:
         parts = [
             f'<div class="lmgen-viz"><style>{_CSS}</style>',
             f'<div class="head"><b>{e(name)}</b> {e(self.note)} '
-            f'<span class="legend">{legend}</span></div><div>',
+            f'<span class="legend">{legend}</span></div><div class="text">',
         ]
         k = min(self.top_k, tr.top_ids.shape[1])
         cursor = self.start
@@ -131,7 +134,10 @@ class UnitView:
                     f'<span class="pr" style="background:rgba(40,160,40,{p:.2f})">{e(_visible(g))}</span>'
                     for g, p in guesses
                 )
-            parts.append(f'<span class="tok" title="{e(hover, quote=True)}">{cell}{rows}</span>')
+            css = "tok in" if self.marks is not None and self.marks[t] else "tok"
+            # <wbr>: a line may break after every token, so long lines wrap to the page
+            # width even where a notebook's CSS would keep inline blocks on one line
+            parts.append(f'<span class="{css}" title="{e(hover, quote=True)}">{cell}{rows}</span><wbr>')
             if "\n" in piece:
                 parts.append("<br>")
             cursor = end
@@ -180,12 +186,15 @@ def show(
     rows: bool | None = None,
     window: tuple[int, int] | None = None,
     note: str = "",
+    marks: np.ndarray | None = None,
 ) -> UnitView:
     """Colour the text of ``trace`` by one unit, with the top-k next-token guesses.
 
     ``sign=-1`` flips the colours (a unit that is low inside). ``rows``: guesses as rows
     under the text (default when the window has at most ROWS_LIMIT tokens) or only on
-    hover. ``window=(start, stop)``: show only these characters of the text.
+    hover. ``window=(start, stop)``: show only these characters of the text. ``marks``:
+    a boolean mask over the characters (a predicate, a pattern's matches): its tokens
+    are underlined.
     """
     unit = trace.check_unit(layer, kind, index)
     if top_k < 0:
@@ -200,7 +209,8 @@ def show(
     shown = int(((trace.spans[:, 1] > start) & (trace.spans[:, 0] < stop)).sum())
     if rows is None:
         rows = shown <= ROWS_LIMIT
-    return UnitView(trace, unit, values, center, scale, top_k, bool(rows), start, stop, note)
+    token_marks = trace.token_mask(marks) if marks is not None else None
+    return UnitView(trace, unit, values, center, scale, top_k, bool(rows), start, stop, note, token_marks)
 
 
 # --- matplotlib figures ----------------------------------------------------------------
@@ -215,26 +225,49 @@ def _axes(ax: Any = None, figsize=(10, 3)):
 
 
 def heatmap(trace: Trace, units: Sequence[Unit] | None = None, *, window: tuple[int, int] | None = None,
-            ax: Any = None):
+            ax: Any = None, line: int = 80):
     """Many units (rows) over the tokens of ``window`` (columns), diverging colours.
-    Default units: the first 32 hidden units of the last layer. Returns the figure."""
+
+    Default units: the first 32 hidden units of the last layer; default window: the first
+    120 characters. Wrapped as text is: at most ``line`` tokens per strip, strips stacked
+    top to bottom and sharing one colour scale (a 500-character window is 7 strips, not
+    one picture 5,000 pixels wide). With ``ax``, one strip on that axes. Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
     if units is None:
         units = [Unit(trace.num_layers - 1, "h", j) for j in range(min(32, trace.layers[-1]["h"].shape[1]))]
     if not units:
         raise ConfigError("heatmap needs at least one unit")
+    if line < 1:
+        raise ConfigError(f"line must be >= 1 token, got {line}")
     start, stop = window if window is not None else (0, min(len(trace.text), 120))
     cols = np.flatnonzero((trace.spans[:, 1] > start) & (trace.spans[:, 0] < stop))
     if not len(cols):
         raise ConfigError(f"no token of the text lies in window {window}")
-    data = np.stack([trace.unit(u.layer, u.kind, u.index)[cols] - (0.5 if u.kind in SIGMOID_KINDS else 0)
-                     for u in units])
-    fig, ax = _axes(ax, figsize=(max(6, len(cols) * 0.12), max(2, len(units) * 0.22)))
+    data = np.stack([trace.unit(u.layer, u.kind, u.index)[cols].astype(np.float64)
+                     - (0.5 if u.kind in SIGMOID_KINDS else 0) for u in units])  # [units, tokens]
     m = float(np.abs(data).max()) or 1.0
-    ax.imshow(data, aspect="auto", cmap="RdBu_r", vmin=-m, vmax=m, interpolation="nearest")
-    ax.set_yticks(range(len(units)), [str(u) for u in units], fontsize=7)
     labels = [_visible(trace.text[trace.spans[t, 0]:trace.spans[t, 1]]) for t in cols]
-    ax.set_xticks(range(len(cols)), labels, fontsize=7, family="monospace")
-    ax.set_title("unit values after each token (gates centred on 0.5)")
+    if ax is not None:
+        strips, axes = [slice(0, len(cols))], [ax]
+        fig = ax.figure
+    else:
+        strips = [slice(j, j + line) for j in range(0, len(cols), line)]
+        width = min(len(cols), line)
+        fig, grid = plt.subplots(len(strips), 1, squeeze=False,
+                                 figsize=(max(4.0, 1.2 + width * 0.12), len(strips) * (0.6 + len(units) * 0.13)))
+        axes = list(grid[:, 0])
+    for ax_, part in zip(axes, strips):
+        block = data[:, part]
+        if ax is None and block.shape[1] < line:  # a short last strip keeps the others' scale
+            block = np.pad(block, ((0, 0), (0, line - block.shape[1])), constant_values=np.nan)
+        ax_.imshow(block, aspect="auto", cmap="RdBu_r", vmin=-m, vmax=m, interpolation="nearest")
+        ax_.set_yticks(range(len(units)), [str(u) for u in units], fontsize=7)
+        ax_.set_xticks(range(len(labels[part])), labels[part], fontsize=7, family="monospace")
+    axes[0].set_title("unit values after each token (gates centred on 0.5)")
+    if ax is None:
+        fig.tight_layout()
     return fig
 
 

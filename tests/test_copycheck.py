@@ -101,9 +101,17 @@ def test_suffix_array_equals_brute_force(tmp_path, memory, window, monkeypatch):
         n = int(rng.integers(0, 250))
         T = random_corpus(rng, V, n)
         T.tofile(tmp_path / "t.bin")
-        first = build_suffix_array(tmp_path / "t.bin", T.dtype, n, V, tmp_path / "t.sa", memory=memory, window=window)
-        assert np.fromfile(tmp_path / "t.sa", np.uint32).tolist() == brute_order(T.tolist()), (trial, V, n)
-        assert first.tolist() == [0, *np.cumsum(np.bincount(T, minlength=V)).tolist()]
+        first, pairs = build_suffix_array(tmp_path / "t.bin", T.dtype, n, V, tmp_path / "t.sa", memory=memory,
+                                          window=window)
+        order = np.fromfile(tmp_path / "t.sa", np.uint32).tolist()
+        assert order == brute_order(T.tolist()), (trial, V, n)
+        Tl = T.tolist()
+        for v in range(min(V, 40)):  # each newest token's (and pair's) entries are where the tables say
+            assert {e for e in order[first[v] : first[v + 1]]} == {e for e in range(1, n + 1) if Tl[e - 1] == v}
+            for w in range(min(V, 40)) if pairs is not None else []:
+                assert set(order[pairs[v, w] : pairs[v, w + 1]]) == {
+                    e for e in range(2, n + 1) if (Tl[e - 1], Tl[e - 2]) == (v, w)}
+        assert (pairs is None) == (V > 1024)
         assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".sa-")] == []  # no bucket files left
     assert bool(cuts) == (memory < 1 << 20)  # the small budgets really went through the buckets
 
@@ -284,7 +292,8 @@ def test_max_copy_20_on_a_real_model(trained, run_folder, capsys):
     printed = split_samples(capsys.readouterr().out)
     assert len(printed) == 3 and all(longest_copy(train, s) <= 20 for s in printed)
 
-    session = Session(ckpt.model, ckpt.tokenizer, config.replace(num_return_sequences=1), copy_guard=CopyGuard(index, 20))
+    one = config.replace(num_return_sequences=1)
+    session = Session(ckpt.model, ckpt.tokenizer, one, copy_guard=CopyGuard(index, 20))
     text = "".join(session.generate("He said")) + "".join(session.generate(None))  # a new text, then more of it
     assert len(text) > 400 and longest_copy(train, text) <= 20  # the REPL's --max-copy
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import Any
 
@@ -31,6 +32,38 @@ def _stop_string(text: str) -> str:
     if not value:
         raise argparse.ArgumentTypeError("must not be empty")
     return value
+
+
+def _clamp(text: str) -> tuple[str, Any]:
+    """An argparse type: ``UNIT=VALUE`` of ``--clamp`` (checked against the model once it is loaded)."""
+    from ..intervene import parse_assignment
+
+    try:
+        unit, action = parse_assignment(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if action == "mean":
+        raise argparse.ArgumentTypeError(f"{unit}=mean needs the unit's mean: give it as a number "
+                                         "(lmgen viz shows its values over a text)")
+    return unit, action
+
+
+def _ablated(text: str) -> tuple[str, Any]:
+    """An argparse type: the UNIT of ``--ablate`` (set to 0)."""
+    from ..intervene import parse_unit
+
+    try:
+        parse_unit(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip(), "zero"
+
+
+def _interventions(args: argparse.Namespace, model: Any) -> list[Any]:
+    """The checked edits of ``--clamp`` and ``--ablate`` (lmgen.intervene) for ``model``."""
+    from ..intervene import resolve
+
+    return resolve(model, dict((args.clamp or []) + (args.ablate or [])))
 
 
 def _generation_config(args: argparse.Namespace) -> Any:
@@ -90,6 +123,14 @@ def _add_generation_flags(p: argparse.ArgumentParser, samples: bool = True) -> N
                         "of any; each sample stops on its own. \\n \\t \\\\ are understood, e.g. --stop '\\n\\n' "
                         "(default: none)")
     add_copy_flags(g, samples)
+    units = p.add_argument_group("interventions: set units while generating (docs/interventions.md)")
+    units.add_argument("--clamp", action="append", type=_clamp, default=None, metavar="UNIT=VALUE",
+                       help="set UNIT to VALUE at every step (the next step reads it), e.g. --clamp 'L0.c[43]=2.5'; "
+                            "units are named as lmgen.activations.trace names them, L<layer>.<kind>[<index>] with "
+                            "kinds h c i f g o (LSTM), h r z n (GRU), h (RNN); VALUE *S scales the unit by S "
+                            "instead. Repeatable (default: none)")
+    units.add_argument("--ablate", action="append", type=_ablated, default=None, metavar="UNIT",
+                       help="set UNIT to 0 at every step, e.g. --ablate 'L0.h[5]'. Repeatable (default: none)")
     if samples:
         g.add_argument("--num-samples", type=int, default=1, metavar="N",
                        help="N samples, generated as one batch, each ending at its own [END]; with --beam, "
@@ -105,6 +146,11 @@ def _add_generation_flags(p: argparse.ArgumentParser, samples: bool = True) -> N
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    with contextlib.ExitStack() as scope:  # --clamp / --ablate stay in force until the samples are out
+        return _cmd_sample(args, scope)
+
+
+def _cmd_sample(args: argparse.Namespace, scope: contextlib.ExitStack) -> int:
     import torch
 
     from ..checkpoint import load_checkpoint
@@ -134,6 +180,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         model = live.model
         print(f"lmgen: adapted to the prompt: {steps} dynamic-evaluation steps (the checkpoint is unchanged)",
               file=sys.stderr)
+    from ..intervene import intervene
+
+    scope.enter_context(intervene(model, _interventions(args, model)))  # before the prompt is read
     ctx = prime(model, ckpt.tokenizer, prompt, unknown="error" if args.strict_prompt else "replace", cache=cache)
     if ctx.unknown:
         print(f"lmgen: warning: the vocabulary lacks {', '.join(map(repr, ctx.unknown))} (in the prompt); "
@@ -199,7 +248,8 @@ def add_sample_parser(sub: Any) -> None:
                "  lmgen sample checkpoints/run --prompt-file letter.txt --stop '\\n\\n' --num-samples 20 "
                "--out samples.jsonl\n"
                "  echo 'Once upon' | lmgen sample checkpoints/run --prompt - --stop '.'\n"
-               "  lmgen sample checkpoints/run --prompt \"$(cat letter.txt)\" --cache 500 --adapt",
+               "  lmgen sample checkpoints/run --prompt \"$(cat letter.txt)\" --cache 500 --adapt\n"
+               "  lmgen sample checkpoints/run --clamp 'L0.c[43]=2.5' --ablate 'L0.h[5]'",
     )
     p.add_argument("checkpoint", help="checkpoint folder, or run folder (its best/, else last/)")
     p.add_argument("--prompt", default=None,
@@ -237,7 +287,7 @@ def cmd_repl(args: argparse.Namespace) -> int:
         live.switch(True)
     copy_guard = CopyOptions(args, ckpt, config.strategy).guard()  # --max-copy
     return run(ckpt.model, ckpt.tokenizer, config, seed=args.seed, banner=banner, cache=cache, adapt=live,
-               copy_guard=copy_guard)
+               copy_guard=copy_guard, interventions=_interventions(args, ckpt.model))
 
 
 def add_repl_parser(sub: Any) -> None:
@@ -246,7 +296,8 @@ def add_repl_parser(sub: Any) -> None:
         description="An interactive loop with line editing and history ($LMGEN_CACHE/repl_history, else "
                     "~/.lmgen_history). Type a prompt: its continuation streams. An empty line continues the "
                     "text with its state. Commands: :temp :top-k :top-p :sample :greedy :beam :length-penalty "
-                    ":repetition-penalty :max :min :seed :stop :pick :probs :save :show :reset :continue :help "
+                    ":repetition-penalty :max :min :seed :stop :pick :probs :clamp :ablate :clear :save :show :reset "
+                    ":continue :help "
                     ":quit. A line ending with \\ goes on on the next line; pasted lines are one prompt. Ctrl-C "
                     "stops a generation, Ctrl-D quits. Prompt symbols the vocabulary lacks become <unk> (with a "
                     "note).\n\n"

@@ -41,6 +41,7 @@ DEFAULT_MEMORY = 256 << 20  # bytes the build may hold (blocks, keys, windows)
 BYTES_PER_ENTRY = 64  # what sorting one entry of a block holds at its peak (positions, keys, orders, groups)
 MAX_BUCKETS = 256  # files written at once when a set of entries is cut into buckets
 SAMPLE_PER_BUCKET = 64  # sampled keys per wanted bucket, to place the cuts
+PAIR_VOCAB = 1024  # up to this vocabulary, where each pair of newest tokens starts is tabled too (8 MB at most)
 
 
 def key_layout(vocab_size: int) -> tuple[int, int]:
@@ -167,7 +168,7 @@ def _cuts(tokens: _Tokens, source: Source, count: int, depth: int, block: int,
     """
     want = min(MAX_BUCKETS, 2 * math.ceil(count / block))
     step = max(1, count // (want * SAMPLE_PER_BUCKET))
-    sample = np.concatenate([chunk[::step] for chunk in source()])
+    sample = np.concatenate([chunk[::step].copy() for chunk in source()])  # a view would keep its chunk
     keys = np.sort(tokens.keys(sample, depth))
     cuts = keys[(np.arange(1, want) * len(keys)) // want]
     if bounds is not None:
@@ -177,24 +178,32 @@ def _cuts(tokens: _Tokens, source: Source, count: int, depth: int, block: int,
 
 
 def build_suffix_array(tokens_path: str | Path, dtype: np.dtype | str, n: int, vocab_size: int, out_path: str | Path,
-                       *, memory: int = DEFAULT_MEMORY, window: int | None = None) -> np.ndarray:
+                       *, memory: int = DEFAULT_MEMORY, window: int | None = None
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
     """Write the entries 1..n sorted by backward reading to ``out_path`` (raw :func:`entry_dtype`);
-    -> ``first`` (int64 [V + 1]): the entries whose newest token is v are ``first[v]:first[v+1]``.
+    -> ``(first, pairs)``: the entries whose newest token is v are ``first[v]:first[v+1]``
+    (int64 [V + 1]); those whose two newest are v then w, ``pairs[v, w]:pairs[v, w+1]``
+    (int64 [V, V + 1]; None above :data:`PAIR_VOCAB`). They save the walk its first steps.
 
     ``memory`` bounds what the build holds; ``window`` (tokens mapped at once) defaults to
     a quarter of it. Temporary bucket files go next to ``out_path``.
 
     >>> import numpy as np, tempfile, pathlib                                   # doctest: +SKIP
     >>> np.array([0, 1, 0, 1], np.uint16).tofile("t.bin")                       # doctest: +SKIP
-    >>> build_suffix_array("t.bin", "uint16", 4, 2, "t.sa"); np.fromfile("t.sa", np.uint32)  # doctest: +SKIP
+    >>> _ = build_suffix_array("t.bin", "uint16", 4, 2, "t.sa"); np.fromfile("t.sa", np.uint32)  # doctest: +SKIP
     array([1, 3, 2, 4], dtype=uint32)
     """
     dtype, out_path = np.dtype(dtype), Path(out_path)
     block = max(8, memory // BYTES_PER_ENTRY)  # entries sorted in memory at once
     tokens = _Tokens(Path(tokens_path), dtype, n, vocab_size, window or max(1 << 16, memory // 4 // dtype.itemsize))
     counts = np.zeros(vocab_size, np.int64)
-    for a in range(0, n, block):  # the table of newest tokens: a count of every token
-        counts += np.bincount(_read(tokens, a, min(n, a + block)), minlength=vocab_size)
+    pair_counts = np.zeros(vocab_size * vocab_size, np.int64) if vocab_size <= PAIR_VOCAB else None
+    for a in range(0, n, block):  # the tables: a count of every token, and of every pair
+        lo = max(0, a - 1)  # the token before the chunk: the pair that straddles it
+        chunk = _read(tokens, lo, min(n, a + block)).astype(np.int64)
+        counts += np.bincount(chunk[a - lo :], minlength=vocab_size)
+        if pair_counts is not None:  # (T[i+1], T[i]): an entry's newest token, then the one before
+            pair_counts += np.bincount(chunk[1:] * vocab_size + chunk[:-1], minlength=vocab_size * vocab_size)
     with open(out_path, "wb") as out, tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".sa-") as tmp:
         # A stack of sets still to sort, the next one on top: (source, count, depth, key bounds, its file).
         stack: list[tuple[Source, int, int, tuple[int, int] | None, Path | None]] = [
@@ -215,7 +224,19 @@ def build_suffix_array(tokens_path: str | Path, dtype: np.dtype | str, n: int, v
                                   None if same else (low, high), bucket_path))
             if path is not None:
                 path.unlink()
-    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    if pair_counts is None:
+        return first, None
+    # Entry 1 (T[0] alone, then the start) comes first among those whose newest token is T[0].
+    starts = first[:-1] + (np.arange(vocab_size) == (_token(tokens, 0) if n else -1))
+    pairs = starts[:, None] + np.concatenate([np.zeros((vocab_size, 1), np.int64),
+                                              np.cumsum(pair_counts.reshape(vocab_size, vocab_size), axis=1)], axis=1)
+    assert (pairs[:, -1] == first[1:]).all()
+    return first, pairs
+
+
+def _token(tokens: _Tokens, i: int) -> int:
+    return int(_read(tokens, i, i + 1)[0])
 
 
 def _read(tokens: _Tokens, lo: int, hi: int) -> np.ndarray:

@@ -13,10 +13,12 @@ Two choices, made so that a sample always has a token to choose:
 - When every token is masked (every other token is banned and ``--min-new-tokens`` also
   forbids ``[END]`` at this step), ``[END]`` is allowed anyway and the sample ends there.
 
-Each step costs one walk of at most ``min(N, m + 1)`` tokens back in the index, where m
-is the longest match found at the step before (a match grows by one token a step at
-most); the tokens that follow a span are remembered (a small LRU), since a model that
-copies tends to come back to the same spans.
+A match grows by one token a step at most, so after a walk back in the index has found
+the text ends with a training span of m < N tokens, no ban is possible for the next
+N - m - 1 steps, and none is looked for: the guard walks about once every N - m steps
+(m is 8 characters on average for a tinyshakespeare model, so once every ~12 for N = 20),
+and each walk stops where the match does. The tokens that followed a span are
+remembered (a small LRU), since a model that copies tends to come back to the same spans.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ class CopyGuard:
         self.masked = 0  # tokens masked so far, all rows and steps together
         self._tails: list[deque[int]] = []  # per row: its last `limit` tokens since the last [END]
         self._bounds: list[int] = []  # per row: the longest match its tail can have now
-        self._matched: list[int] = []  # per row: the match found by the last mask()
+        self._matched: list[int] = []  # per row: the match found by the last mask() (or a bound of it)
+        self.walks = 0  # walks back in the index so far (the guard's cost)
         self._memo: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
 
     def banned(self, history: Sequence[int]) -> torch.Tensor:
@@ -102,9 +105,12 @@ class CopyGuard:
         rows: list[int] = []
         cols: list[np.ndarray] = []
         for row, tail in enumerate(self._tails):
-            K = min(self._bounds[row], len(tail))
+            if self._bounds[row] < self.limit or len(tail) < self.limit:  # no match can reach the limit yet
+                self._matched[row] = min(self._bounds[row], len(tail))
+                continue
             pattern = np.fromiter(reversed(tail), dtype=np.int64, count=len(tail))
-            k, lo, hi = self.index.match(pattern, K)
+            k, lo, hi = self.index.match(pattern, self.limit)
+            self.walks += 1
             self._matched[row] = k
             if k == self.limit:
                 banned = self._following(tuple(tail), lo, hi)

@@ -10,7 +10,8 @@ the size and mtime of the token file it was built from, and is rebuilt when they
 
     $LMGEN_CACHE/tokens/tinyshakespeare-train-char-<key>.bin        token ids (lmgen.data)
                                                    <key>.sa         entries, uint32 [n]
-                                                   <key>.sa-first.npy  int64 [V + 1]
+                                                   <key>.sa-tables.npz  where each newest token
+                                                                      (and pair, small vocabularies) starts
                                                    <key>.sa.json    what it was built from (written last)
 """
 
@@ -30,8 +31,8 @@ from .build import DEFAULT_MEMORY, build_suffix_array, entry_dtype
 INDEX_FORMAT = "lmgen-copyindex/1"
 # Up to this many entries, the walk compares a gathered block of several depths at once
 # (about SPAN values a block); above it, it bisects one depth at a time in Python.
-COLUMN = 4096
-SPAN = 1 << 16
+COLUMN = 512
+SPAN = 2048
 FOLLOWING_CHUNK = 1 << 20  # entries read at once when listing what followed a frequent span
 
 
@@ -39,20 +40,22 @@ class CopyIndex:
     """Where a text's spans occur in a training split's token ids.
 
     ``tokens`` [n] are the split's ids, ``entries`` [n] its suffix array read backwards
-    (:mod:`.build`), ``first`` [V + 1] where each newest token's entries start. Build or
-    open one with :func:`open_index` or :func:`training_index`.
+    (:mod:`.build`), ``first`` [V + 1] where each newest token's entries start, ``pairs``
+    [V, V + 1] (or None) where each pair of newest tokens' entries start. Build or open one
+    with :func:`open_index` or :func:`training_index`.
 
     >>> index = training_index(ckpt)                                   # doctest: +SKIP
     >>> index.match([ids[-1], ids[-2], ids[-3]])   # newest first       # doctest: +SKIP
     (3, 5120, 5131)
     """
 
-    def __init__(self, tokens: np.ndarray, entries: np.ndarray, first: np.ndarray, *, end_id: int = 0,
-                 path: Path | None = None, built: bool = False):
+    def __init__(self, tokens: np.ndarray, entries: np.ndarray, first: np.ndarray, pairs: np.ndarray | None = None,
+                 *, end_id: int = 0, path: Path | None = None, built: bool = False):
         # plain ndarray views: indexing a np.memmap subclass costs twice as much per scalar
         self.tokens = np.asarray(tokens)
         self.entries = np.asarray(entries)
         self.first = np.asarray(first, dtype=np.int64)
+        self.pairs = pairs
         assert len(self.tokens) == len(self.entries) == int(self.first[-1])
         self.n = len(self.tokens)
         self.vocab_size = len(self.first) - 1
@@ -76,6 +79,11 @@ class CopyIndex:
         if lo == hi:
             return 0, 0, self.n
         d = 1  # tokens matched; entries lo..hi-1 all end with them
+        if K > 1 and self.pairs is not None:  # the second step from the table too
+            u = int(pattern[1])
+            if not 0 <= u < self.vocab_size or self.pairs[t, u] == self.pairs[t, u + 1]:
+                return 1, lo, hi
+            lo, hi, d = int(self.pairs[t, u]), int(self.pairs[t, u + 1]), 2
         while d < K:
             size = hi - lo
             if size <= COLUMN:
@@ -96,10 +104,13 @@ class CopyIndex:
     def _block(self, pattern: np.ndarray, d: int, c: int, lo: int, hi: int) -> tuple[int, int, int]:
         """Compare depths d..d+c-1 of entries lo..hi-1 at once -> (r, a, b): r more tokens
         matched (0..c) by entries a..b-1 (all of lo..hi when r = 0)."""
-        at = self.entries[lo:hi].astype(np.int64)[:, None] - 1 - np.arange(d, d + c)  # [S, c] token indices
-        inside = at >= 0
-        eq = inside & (self.tokens[np.where(inside, at, 0)] == pattern[d : d + c])
-        run = np.where(eq.all(axis=1), c, eq.argmin(axis=1))  # [S] tokens matched from depth d
+        ends = self.entries[lo:hi].astype(np.int64)
+        at = ends[:, None] - 1 - np.arange(d, d + c)  # [S, c] token indices; < 0: before the start
+        eq = np.zeros((hi - lo, c + 1), bool)  # a last False column: argmin finds where each match ends
+        eq[:, :c] = self.tokens[np.maximum(at, 0)] == pattern[d : d + c]
+        if int(ends.min()) <= d + c:  # rare: an entry near the start of the split
+            eq[:, :c] &= at >= 0
+        run = eq.argmin(axis=1)  # [S] tokens matched from depth d
         r = int(run.max())
         if r == 0:
             return 0, lo, hi
@@ -138,7 +149,7 @@ class CopyIndex:
 
 
 def _paths(tokens_path: Path) -> tuple[Path, Path, Path]:
-    return (tokens_path.with_suffix(".sa"), tokens_path.with_suffix(".sa-first.npy"),
+    return (tokens_path.with_suffix(".sa"), tokens_path.with_suffix(".sa-tables.npz"),
             tokens_path.with_suffix(".sa.json"))
 
 
@@ -169,11 +180,12 @@ def open_index(tokens_path: str | os.PathLike, tokens: np.ndarray, vocab_size: i
     folder = tokens_path.parent
     fd, tmp_sa = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".sa")
     os.close(fd)
-    fd, tmp_first = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npy")
+    fd, tmp_first = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
     os.close(fd)
     try:
-        first = build_suffix_array(tokens_path, tokens.dtype, n, vocab_size, tmp_sa, memory=memory)
-        np.save(tmp_first, first)
+        first, pairs = build_suffix_array(tokens_path, tokens.dtype, n, vocab_size, tmp_sa, memory=memory)
+        with open(tmp_first, "wb") as f:
+            np.savez(f, first=first, **({"pairs": pairs} if pairs is not None else {}))
         os.replace(tmp_sa, sa_path)
         os.replace(tmp_first, first_path)
         # The record goes last: an interrupted build leaves no record, so it is built again.
@@ -199,17 +211,22 @@ def _open(want: dict, sa_path: Path, first_path: Path, meta_path: Path, tokens: 
     try:
         if json.loads(meta_path.read_text()) != want:
             return None
-        first = np.load(first_path, allow_pickle=False)
+        with np.load(first_path, allow_pickle=False) as tables:
+            first = tables["first"]
+            pairs = tables["pairs"] if "pairs" in tables.files else None
         dtype = np.dtype(want["entries"])
-        n = want["tokens"]
+        n, V = want["tokens"], want["vocab_size"]
         if sa_path.stat().st_size != n * dtype.itemsize:
             return None
-    except (OSError, ValueError):
+    except (OSError, ValueError, KeyError, EOFError):
         return None
-    if first.shape != (want["vocab_size"] + 1,) or first.dtype != np.int64 or int(first[-1]) != n:
+    if first.shape != (V + 1,) or first.dtype != np.int64 or int(first[-1]) != n:
+        return None
+    if pairs is not None and (pairs.shape != (V, V + 1) or pairs.dtype != np.int64
+                              or not (pairs[:, -1] == first[1:]).all()):
         return None
     entries = np.memmap(sa_path, dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype)
-    return CopyIndex(tokens, entries, first, end_id=end_id, path=sa_path)
+    return CopyIndex(tokens, entries, first, pairs, end_id=end_id, path=sa_path)
 
 
 def index_of_tokens(tokens: np.ndarray, vocab_size: int, folder: str | os.PathLike, *, end_id: int = 0,

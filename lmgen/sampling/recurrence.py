@@ -25,6 +25,7 @@ from torch import Tensor
 from .. import cells
 from ..config import PRECISIONS
 from ..errors import ConfigError
+from ..intervene import active as active_edits
 
 
 @functools.cache
@@ -123,6 +124,8 @@ class Recurrence:
                               "fbgemm (x86); use --precision float32 or auto")
         self.half = possible and precision != "float32"
         self.precision = "float16" if self.half else "float32"
+        # units set by lmgen.intervene.intervene while this engine was made (None: the plain steps)
+        self.edits = active_edits(model) if self.fast else None
         if self.fast:
             self.num_layers = rnn.num_layers
             self.sizes = cells.layer_sizes(rnn)  # the state is [L, B, max H_l]: layer l uses H_l units
@@ -237,6 +240,8 @@ class Recurrence:
                 out, state = self.model(tokens[:, None], layers)  # [B, 1, V]
             return out[:, -1], state
         # the fast paths use detached weights only: no autograd to switch off
+        if self.edits is not None:
+            return self._edited_step(tokens, layers)
         if self.half:
             return self._half_step(tokens, layers)
         if self.cell == "lstm":
@@ -277,6 +282,39 @@ class Recurrence:
             new.append(s)
             x = cells.output(self.cell, s)
         return self.out(x), new  # [B, V]
+
+    def _edited_step(self, tokens: Tensor, layers: list[Any]) -> tuple[Tensor, Any]:
+        """One step under an intervention (:mod:`lmgen.intervene`): each layer's projections
+        as the plain step of this precision computes them, then :func:`lmgen.cells.update_edited`
+        on a layer with edits (the plain :func:`lmgen.cells.update` on the others)."""
+        x = tokens
+        new = []
+        for layer, s in enumerate(layers):
+            a, b = self._projections(layer, x, s)
+            edit = self.edits[layer]
+            s = cells.update(self.cell, a, b, s) if edit is None else cells.update_edited(self.cell, a, b, s, edit)
+            new.append(s)
+            x = cells.output(self.cell, s)
+        return (self.out if self.half else self.decode)(x), new  # [B, V]
+
+    def _projections(self, layer: int, x: Tensor, s: Any) -> tuple[Tensor, Tensor | None]:
+        """Layer ``layer``'s (a, b) for :func:`lmgen.cells.update` from its input x (tokens [B]
+        for layer 0, else [B, H_in]) and its state s."""
+        h = cells.output(self.cell, s)
+        if self.half:
+            inp, rec, both = self.layers[layer]
+            return (inp(x), rec(h)) if both is None else (both(torch.cat([x, h], 1)), None)
+        w_ih, w_hh, b_ih, b_hh = self.weights[layer]
+        if self.cell == "lstm":
+            if layer == 0 and self.table is not None:
+                return torch.addmm(self.table[x], h, w_hh.t()), None
+            x = F.embedding(x, self.embedding) if layer == 0 else x
+            return torch.addmm(torch.addmm(self.bias[layer], x, w_ih.t()), h, w_hh.t()), None
+        x = F.embedding(x, self.embedding) if layer == 0 else x
+        b_in, b_rec = cells.split_bias(self.cell, b_ih, b_hh)
+        if b_rec is None:
+            return torch.addmm(torch.addmm(b_in, x, w_ih.t()), h, w_hh.t()), None
+        return F.linear(x, w_ih, b_in), F.linear(h, w_hh, b_rec)
 
     def run(self, tokens: Tensor, layers: Any, outputs: bool = False) -> tuple[Any, ...]:
         """A whole sequence tokens [1, T] through the model -> logits [V] after the last

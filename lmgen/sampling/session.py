@@ -16,6 +16,7 @@ import torch
 from ..adaptive.cache import CacheConfig
 from ..config import MAX_SEED, PRECISIONS, GenerationConfig, config_from_flags
 from ..errors import ConfigError
+from ..intervene import Edit, intervene, parse_action, parse_assignment, parse_unit, resolve
 from ..tokenizer import Tokenizer, decode_continuation
 from .beam import beam_search
 from .context import Context, prime
@@ -50,6 +51,8 @@ An empty line (or :continue) continues the text so far with its state.
   :probs on|off    colour each generated token by the model's probability of it
                    (green >= 70%, yellow >= 30%, magenta >= 10%, red below; not on a plain output)
   :stop STR        also stop right after STR in the generated text (\\n: newline); :stop off: none
+  :clamp UNIT=V    set a unit to V at every step from now on, e.g. :clamp L0.c[43]=2.5 (=*0.5 scales it)
+  :ablate UNIT     set a unit to 0 at every step      :clear [UNIT]  drop the :clamp/:ablate of one unit, or all
   :save FILE       save the text so far to FILE (:save! FILE replaces a file this session did not write)
   :show            the current settings
   :reset           forget the text (the next one starts a new document; :adapt keeps what it learned)
@@ -99,8 +102,11 @@ class Session:
     """
 
     def __init__(self, model: Any, tokenizer: Tokenizer, config: GenerationConfig | None = None, seed: int = 0, *,
-                 cache: CacheConfig | None = None, adapt: LiveAdaptation | None = None, copy_guard: Any = None):
+                 cache: CacheConfig | None = None, adapt: LiveAdaptation | None = None, copy_guard: Any = None,
+                 interventions: list[Edit] | None = None):
         self._model = model
+        # :clamp / :ablate (lmgen.intervene), by unit; in force while the model reads or writes
+        self.edits = {e.unit: e for e in resolve(model, interventions or [])}
         self.copy_guard = copy_guard  # --max-copy (a lmgen.copycheck.CopyGuard) for every text, or None
         self.tokenizer = tokenizer
         self.cache = cache  # each text gets a continuous cache (sampling from its mixture)
@@ -155,9 +161,10 @@ class Session:
             f"; {self.adaptation.describe()}" if self.adaptation is not None and self.adaptation.adapter else "")
         stops = f"; stop at {', '.join(map(repr, s['stop_strings']))}" if s["stop_strings"] else ""
         probs = "; probabilities shown" if self.probs else ""
+        edits = f"; interventions {', '.join(map(str, self.edits.values()))}" if self.edits else ""
         return (f"{how}; repetition penalty {s['repetition_penalty']:g}; max {s['max_new_tokens']} "
                 f"(min {s['min_new_tokens']}) new tokens{stops}; weights {s['precision']}; seed {self.seed}"
-                f"{probs}; {text}{extra}")
+                f"{probs}{edits}; {text}{extra}")
 
     def handle(self, line: str) -> str:
         """Run one ``:command``; returns what to print. Raises ConfigError (message for
@@ -191,6 +198,8 @@ class Session:
             return self.show()
         if name == "stop":
             return self._stop(value)
+        if name in ("clamp", "ablate", "clear"):
+            return self._intervene(name, value)
         if name in ("save", "save!"):
             return self.save(value, overwrite=name == "save!")
         if name == "precision":
@@ -236,6 +245,31 @@ class Session:
         holds the text and state; stopping early (Ctrl-C) keeps what was generated.
         Check :attr:`unknown` for prompt symbols that became ``<unk>``.
         """
+        with self._intervened():
+            yield from self._generate(text, continue_text)
+
+    def _intervened(self) -> Any:
+        """:clamp and :ablate in force on the model (nothing at all when there are none)."""
+        return intervene(self.model, list(self.edits.values()))
+
+    def _intervene(self, name: str, value: str) -> str:
+        """``:clamp UNIT=VALUE``, ``:ablate UNIT``, ``:clear [UNIT]``."""
+        if name == "clear":
+            value = "L{}.{}[{}]".format(*parse_unit(value)) if value else ""
+            if value and value not in self.edits:
+                raise ConfigError(f"{value} has no :clamp or :ablate to clear; set: {', '.join(self.edits) or 'none'}")
+            self.edits = {u: e for u, e in self.edits.items() if value and u != value}
+            return self.show()
+        if not value:
+            raise ConfigError(f":{name} needs a unit, e.g. :{name} L0.c[43]{'=2.5' if name == 'clamp' else ''}")
+        unit, action = parse_assignment(value) if name == "clamp" else (value, parse_action("zero"))
+        if action == "mean":
+            raise ConfigError(f":clamp {unit}=mean needs the unit's mean: give it as a number, e.g. :clamp {unit}=0.3")
+        edit = resolve(self.model, {unit: action})[0]  # says which layers, kinds and indices exist
+        self.edits = {u: e for u, e in self.edits.items() if u != edit.unit} | {edit.unit: edit}
+        return self.show()
+
+    def _generate(self, text: str | None, continue_text: bool) -> Iterator[str]:
         self.unknown: list[str] = []
         if text and self.adaptation is not None:  # learn the typed text first: its continuation leans towards it
             self.adaptation.learn(self.tokenizer.encode(text), self.tokenizer.end_id)
@@ -271,8 +305,9 @@ class Session:
         """The ``n`` most likely next tokens after the text so far, most likely first:
         ``(id, the text it adds, probability)``. The model's probabilities (with a cache, the
         mixture's), before temperature, top-k, top-p and the repetition penalty."""
-        ctx = self._text_so_far()
-        logits, _ = ctx.catch_up(Recurrence(self.model, self.settings["precision"]))  # [V]
+        with self._intervened():
+            ctx = self._text_so_far()
+            logits, _ = ctx.catch_up(Recurrence(self.model, self.settings["precision"]))  # [V]
         scores = logits[None] if ctx.cache is None else ctx.cache.mix(logits[None])  # [1, V]
         probs, ids = torch.softmax(scores[0].double(), dim=-1).topk(n)
         end = self.tokenizer.end_id
@@ -376,7 +411,7 @@ class Session:
             raise ConfigError(":score needs a text, e.g. :score The cat sat.")
         ids = [self.tokenizer.end_id] + self.tokenizer.encode(text)
         seq = torch.tensor([ids], dtype=torch.long, device=_device_of(self.model))
-        with torch.no_grad():
+        with torch.no_grad(), self._intervened():
             logp, _ = target_log_probs(self.model, seq[:, :-1], seq[:, 1:], None)
         total, n = float(logp.sum()), len(ids) - 1
         return f"log p = {total:.4f} nats over {n} tokens ({-total / n:.4f} nats/token) under the current weights"
