@@ -53,7 +53,8 @@ import torch
 from lmgen import corpora
 from lmgen.activations import intervene, regex_mask, trace
 from lmgen.checkpoint import load_checkpoint
-from lmgen.config import GenerationConfig, ModelConfig, TrainConfig
+from lmgen.config import ModelConfig, TrainConfig
+from lmgen.generation import GenerationConfig
 from lmgen.model import RNNLM
 from lmgen.probe import (
     URL_REGEX,

@@ -378,3 +378,103 @@ def causal_effect(model, tokenizer, text: str, unit, predicate: np.ndarray, *, n
         null_zero_inside=ins[2 : 2 + n], null_zero_outside=outs[2 : 2 + n],
         null_mean_inside=ins[2 + n :], null_mean_outside=outs[2 + n :],
     )  # fmt: skip
+
+
+# -- pattern search: where else are the same units on? (LSTMVis's "match") -------------------
+
+
+@dataclass
+class Match:
+    """A place where the pattern's units are on: characters [start, end), tokens [t0, t1).
+    ``score = on * off * length`` in [0, 1]: ``on`` the mean share of the units on inside,
+    ``off`` one minus their mean share at the tokens just before and after, ``length``
+    min/max of its length and the selection's (in tokens)."""
+
+    start: int
+    end: int
+    t0: int
+    t1: int
+    score: float
+    on: float
+    off: float
+
+
+@dataclass
+class Pattern:
+    """What :func:`find_pattern` found: the selected characters, the units on there, the
+    share of them on at every token ([T]), and the other places, best first."""
+
+    trace: Trace
+    start: int
+    end: int
+    threshold: float
+    units: list[Unit]
+    share: np.ndarray
+    matches: list[Match]
+
+    def show(self, top: int = 10, context: int = 30):
+        """The selection and the ``top`` matches as coloured text (:func:`lmgen.viz.show_pattern`)."""
+        from .viz import show_pattern
+
+        return show_pattern(self, top=top, context=context)
+
+    def _repr_html_(self) -> str:
+        return self.show()._repr_html_()
+
+
+def find_pattern(trace: Trace, start: int, end: int, threshold: float = 0.3, *, kinds=("h",), min_share: float = 0.5,
+                 search: tuple[int, int] | None = None) -> Pattern:
+    """The units on in characters [start, end) and off just before and after, and the other
+    places of the text where the same set is on, ranked by :class:`Match`'s score.
+
+    A unit is on at a token when its value exceeds ``threshold``; it belongs to the pattern
+    when it is on at every token of the selection and off at the token before and the
+    token after it (where those exist). A candidate is a maximal run of tokens where at
+    least ``min_share`` of the pattern's units are on, outside the selection; ``search``
+    keeps only candidates inside that character range (e.g. part B).
+
+    >>> pattern = find_pattern(tr, 120, 140, 0.5)        # doctest: +SKIP
+    >>> [tr.text[m.start:m.end] for m in pattern.matches[:3]]   # doctest: +SKIP
+    """
+    text = trace.text
+    if not 0 <= start < end <= len(text):
+        raise ConfigError(f"the selection must satisfy 0 <= start < end <= {len(text)}, got [{start}, {end})")
+    if not 0 < min_share <= 1:
+        raise ConfigError(f"min_share must be in (0, 1], got {min_share}")
+    tokens = np.flatnonzero((trace.spans[:, 1] > start) & (trace.spans[:, 0] < end))
+    if not len(tokens):
+        raise ConfigError(f"no token lies in the selection [{start}, {end})")
+    t0, t1 = int(tokens[0]), int(tokens[-1]) + 1
+    units, columns = [], []
+    for layer, acts in enumerate(trace.layers):
+        for kind in kinds:
+            if kind not in acts:
+                raise ConfigError(f"no activation kind {kind!r} in a {trace.cell} trace; choose from {trace.kinds}")
+            values = acts[kind]
+            chosen = (values[t0:t1] > threshold).all(axis=0)
+            for t in (t0 - 1, t1):
+                if 0 <= t < len(trace):
+                    chosen &= values[t] <= threshold
+            units += [Unit(layer, kind, int(j)) for j in np.flatnonzero(chosen)]
+            columns.append(values[:, chosen] > threshold)
+    if not units:
+        raise ConfigError(f"no unit of kinds {', '.join(kinds)} is above {threshold} on all of [{start}, {end}) "
+                          f"and below it just before and after; lower the threshold or select fewer characters")
+    share = np.concatenate(columns, axis=1).mean(axis=1)  # [T]
+    on = np.concatenate([[0], (share >= min_share).astype(np.int8), [0]])
+    run_starts, run_ends = np.flatnonzero(np.diff(on) == 1), np.flatnonzero(np.diff(on) == -1)
+    cum = np.concatenate([[0.0], np.cumsum(share)])
+    padded = np.concatenate([[0.0], share, [0.0]])  # share "before the first" and "after the last" token: 0
+    lo, hi = search if search is not None else (0, len(text))
+    matches = []
+    for a, b in zip(run_starts.tolist(), run_ends.tolist()):
+        if a < t1 and b > t0:  # the selection itself
+            continue
+        s, e = int(trace.spans[a, 0]), int(trace.spans[b - 1, 1])
+        if s < lo or e > hi:
+            continue
+        inside, off = (cum[b] - cum[a]) / (b - a), 1.0 - (padded[a] + padded[b + 1]) / 2.0
+        length = min(b - a, t1 - t0) / max(b - a, t1 - t0)
+        matches.append(Match(s, e, a, b, float(inside * off * length), float(inside), float(off)))
+    matches.sort(key=lambda m: (-m.score, m.start))
+    return Pattern(trace, start, end, float(threshold), units, share, matches)

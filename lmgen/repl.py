@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .cache import CACHE_ENV, cache_folder
-from .config import GenerationConfig
 from .errors import LmgenError
+from .generation import GenerationConfig
 from .sampling.session import REPL_HELP, Session, probability_band
 
 PROMPT = "lmgen> "

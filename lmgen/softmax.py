@@ -19,8 +19,8 @@ The clusters follow training frequency, not token ids (a char tokenizer's ids ar
 code-point order): ``rank`` maps each token id to its place by frequency, set from the
 training split's counts (:meth:`AdaptiveDecoder.order_by`) and saved with the weights.
 
->>> dec = AdaptiveDecoder(hidden=8, vocab_size=20, cutoffs=[5, 12])
->>> logp = dec(torch.randn(3, 8))
+>>> dec = AdaptiveDecoder(hidden=16, vocab_size=20, cutoffs=[5, 12])
+>>> logp = dec(torch.randn(3, 16))
 >>> logp.shape, bool(torch.allclose(logp.exp().sum(-1), torch.ones(3)))
 (torch.Size([3, 20]), True)
 """
@@ -106,7 +106,8 @@ def token_counts(tokens: Any, vocab_size: int, chunk: int = 1 << 24) -> np.ndarr
 def decoder_parameters(hidden: int, vocab_size: int, cutoffs: Sequence[int], div: float) -> int:
     """Parameters of an :class:`AdaptiveDecoder` (or a full [H, V] decoder with bias if no cut-offs).
 
-    >>> decoder_parameters(8, 20, [5, 12], 4.0) == sum(p.numel() for p in AdaptiveDecoder(8, 20, [5, 12]).parameters())
+    >>> dec = AdaptiveDecoder(16, 20, [5, 12])
+    >>> decoder_parameters(16, 20, [5, 12], 4.0) == sum(p.numel() for p in dec.parameters())
     True
     """
     if not cutoffs:

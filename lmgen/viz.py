@@ -96,11 +96,12 @@ class UnitView:
     stop: int
     note: str = ""
     marks: np.ndarray | None = None  # [T] tokens to underline (e.g. inside a predicate), or None
+    label: str = ""  # shown in place of the unit's name (values that are not one unit's)
 
     def _fragment(self) -> str:
         tr = self.trace
         e = html.escape
-        name = f"{self.unit} ({_KIND_NAMES.get(self.unit.kind, self.unit.kind)})"
+        name = self.label or f"{self.unit} ({_KIND_NAMES.get(self.unit.kind, self.unit.kind)})"
         legend = "".join(
             f'<span style="background:{colour(self.center + v * self.scale, self.center, self.scale)}">'
             f"{self.center + v * self.scale:.2g}</span>"
@@ -122,7 +123,7 @@ class UnitView:
             piece = tr.text[s:end]
             v = float(self.values[t])
             guesses = [(tr.piece(int(tr.top_ids[t, j])), float(tr.top_probs[t, j])) for j in range(k)]
-            hover = f"{self.unit} = {v:.4f}"
+            hover = f"{self.label or self.unit} = {v:.4f}"
             if tr.next_prob[t] == tr.next_prob[t]:
                 hover += f"\np(next actual) = {tr.next_prob[t]:.3f}"
             hover += "".join(f"\n{_visible(g)!s}  {p:.3f}" for g, p in guesses)
@@ -211,6 +212,73 @@ def show(
         rows = shown <= ROWS_LIMIT
     token_marks = trace.token_mask(marks) if marks is not None else None
     return UnitView(trace, unit, values, center, scale, top_k, bool(rows), start, stop, note, token_marks)
+
+
+def show_values(trace: Trace, values: np.ndarray, *, label: str, center: float = 0.0, scale: float = 1.0,
+                top_k: int = 3, rows: bool | None = None, window: tuple[int, int] | None = None, note: str = "",
+                marks: np.ndarray | None = None) -> UnitView:
+    """:func:`show` for any per-token values [T] (a pattern's share of units on, a probe's
+    score), named ``label``, coloured around ``center`` with full colour at ``center +- scale``."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != (len(trace),):
+        raise ConfigError(f"values have shape {values.shape}, the trace has {len(trace)} tokens")
+    start, stop = window if window is not None else (0, len(trace.text))
+    if not 0 <= start < stop <= len(trace.text):
+        raise ConfigError(f"window must satisfy 0 <= start < stop <= {len(trace.text)}, got {window}")
+    if rows is None:
+        rows = int(((trace.spans[:, 1] > start) & (trace.spans[:, 0] < stop)).sum()) <= ROWS_LIMIT
+    token_marks = trace.token_mask(marks) if marks is not None else None
+    return UnitView(trace, Unit(-1, "values", 0), values, center, scale, top_k, bool(rows), start, stop, note,
+                    token_marks, label)
+
+
+@dataclass
+class PatternView:
+    """A pattern's selection and its best matches as coloured snippets (:func:`show_pattern`)."""
+
+    head: str  # HTML
+    views: list[UnitView]
+
+    def to_html(self, standalone: bool = False) -> str:
+        body = self.head + "".join(f'<div style="margin:6px 0">{v.to_html()}</div>' for v in self.views)
+        if not standalone:
+            return body
+        return ('<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>lmgen: pattern search</title></head>'
+                f"<body>{body}</body></html>\n")
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.to_html(standalone=True), encoding="utf-8")
+        return path
+
+
+def show_pattern(pattern: Any, top: int = 10, context: int = 30) -> PatternView:
+    """The selection of a :class:`lmgen.probe.Pattern`, then its ``top`` matches, each with
+    ``context`` characters around it: coloured by the share of the pattern's units on,
+    the selection and the matches underlined."""
+    tr = pattern.trace
+    marks = np.zeros(len(tr.text), dtype=bool)
+    marks[pattern.start : pattern.end] = True
+    for m in pattern.matches[:top]:
+        marks[m.start : m.end] = True
+    names = ", ".join(map(str, pattern.units[:12])) + (" ..." if len(pattern.units) > 12 else "")
+    head = (f'<div style="font-family:sans-serif"><b>pattern</b> of {len(pattern.units)} units on in characters '
+            f"{pattern.start:,}-{pattern.end:,} (value &gt; {pattern.threshold:g}): {html.escape(names)}; "
+            f"{len(pattern.matches):,} other places, the best {min(top, len(pattern.matches))} below</div>")
+    label = f"share of the {len(pattern.units)} units on"
+
+    def view(lo: int, hi: int, note: str) -> UnitView:
+        window = (max(0, lo - context), min(len(tr.text), hi + context))
+        return show_values(tr, pattern.share, label=label, center=0.0, scale=1.0, window=window, note=note,
+                           marks=marks, top_k=3)
+
+    views = [view(pattern.start, pattern.end, "the selection")]
+    views += [view(m.start, m.end, f"match {k}: score {m.score:.3f} (on {m.on:.2f}, off {m.off:.2f})")
+              for k, m in enumerate(pattern.matches[:top], 1)]
+    return PatternView(head, views)
 
 
 # --- matplotlib figures ----------------------------------------------------------------

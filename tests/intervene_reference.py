@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmgen.config import GenerationConfig, ModelConfig
+from lmgen.config import ModelConfig
+from lmgen.generation import GenerationConfig
 from lmgen.model import RNNLM
 from lmgen.tokenizer import build_tokenizer
 

@@ -37,9 +37,10 @@ from lmgen.adaptive import (
     score_pass,
     tune_adaptive,
 )
-from lmgen.config import GenerationConfig, ModelConfig
+from lmgen.config import ModelConfig
 from lmgen.errors import ConfigError
 from lmgen.evaluate import evaluate_checkpoint, evaluate_tokens, stream_layout
+from lmgen.generation import GenerationConfig
 from lmgen.model import build_model
 from lmgen.sampling import Session, beam_search, generate, prime
 from lmgen.tokenizer import build_tokenizer

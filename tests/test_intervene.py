@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from lmgen.activations import intervene, regex_mask, trace
-from lmgen.config import GenerationConfig, ModelConfig
+from lmgen.config import ModelConfig
 from lmgen.errors import ConfigError
 from lmgen.evaluate import evaluate_tokens
+from lmgen.generation import GenerationConfig
 from lmgen.intervene import active, parse_action, scale
 from lmgen.model import build_model
 from lmgen.probe import URL_REGEX, causal_effect

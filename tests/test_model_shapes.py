@@ -227,3 +227,13 @@ def test_a_checkpoint_whose_token_order_is_not_a_permutation_is_refused(tiny_cor
     save_file(tensors, str(path))
     with pytest.raises(CheckpointError, match="not a permutation"):
         load_checkpoint(out / "last")
+
+
+@pytest.mark.parametrize("module", ["softmax", "cells", "model", "generation"])
+def test_module_doctests(module):
+    import doctest
+    import importlib
+
+    results = doctest.testmod(importlib.import_module("lmgen." + module),
+                              extraglobs={"torch": torch, "ModelConfig": ModelConfig})
+    assert results.failed == 0 and results.attempted > 0

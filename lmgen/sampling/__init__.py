@@ -40,14 +40,14 @@ The package, by job (each module imports only those above it)::
     records.py     samples as JSON-lines records (sample_records, write_records)
     session.py     the REPL's logic (lmgen.repl is only its I/O)
 
-:class:`~lmgen.config.GenerationConfig` lives with the other configs in :mod:`lmgen.config`,
+:class:`~lmgen.generation.GenerationConfig` lives in :mod:`lmgen.generation`,
 the cell maths in :mod:`lmgen.cells`, and :class:`~lmgen.tokenizer.TextDecoder` (text as
 it streams) in :mod:`lmgen.tokenizer`.
 """
 
 from __future__ import annotations
 
-from ..config import FLAGS, PRECISIONS, GenerationConfig, config_from_flags
+from ..generation import FLAGS, PRECISIONS, GenerationConfig, config_from_flags
 from .beam import beam_search
 from .choose import adjust_logits, choose_tokens, sample_generators
 from .context import Context, Sample, prime

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from ..config import GenerationConfig
 from ..errors import ConfigError
+from ..generation import GenerationConfig
 from ..tokenizer import Tokenizer, decode_continuation
 from .choose import _seen_mask, adjust_logits
 from .context import Context, Sample, as_context, check_batch

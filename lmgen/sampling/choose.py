@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..config import GenerationConfig
+from ..generation import GenerationConfig
 
 
 def adjust_logits(logits: Tensor, config: GenerationConfig, seen: Tensor | None, step: int, end_id: int = 0) -> Tensor:

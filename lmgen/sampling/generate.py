@@ -15,8 +15,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from ..config import GenerationConfig
 from ..errors import ConfigError
+from ..generation import GenerationConfig
 from ..tokenizer import Tokenizer
 from .beam import beam_search
 from .choose import _seen_mask, _Uniforms, adjust_logits, choose_tokens, sample_generators

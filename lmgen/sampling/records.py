@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..config import GenerationConfig
+from ..generation import GenerationConfig
 from ..tokenizer import Tokenizer
 from .context import Context, Sample
 from .generate import generate

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import cells
-from ..config import PRECISIONS
 from ..errors import ConfigError
+from ..generation import PRECISIONS
 from ..intervene import active as active_edits
 
 

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any, Iterator
 import torch
 
 from ..adaptive.cache import CacheConfig
-from ..config import MAX_SEED, PRECISIONS, GenerationConfig, config_from_flags
+from ..config import MAX_SEED
 from ..errors import ConfigError
+from ..generation import PRECISIONS, GenerationConfig, config_from_flags
 from ..intervene import Edit, intervene, parse_action, parse_assignment, parse_unit, resolve
 from ..tokenizer import Tokenizer, decode_continuation
 from .beam import beam_search
