@@ -85,8 +85,8 @@ def run_atlas(args) -> int:
     text, split_at = held_out_text(args.max_chars)
     print(f"held-out: {len(text):,} characters; A = [0, {split_at:,}), B = [{split_at:,}, {len(text):,})")
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(args.checkpoint) if args.checkpoint else train_model(args.steps, Path(tmp) / "run", args.seed,
-                                                                                 args.threads)
+        run = Path(args.run_dir) if args.run_dir else Path(tmp) / "run"
+        path = Path(args.checkpoint) if args.checkpoint else train_model(args.steps, run, args.seed, args.threads)
         ckpt = load_checkpoint(path)
         seed = int(ckpt.config.get("train", {}).get("seed", args.seed))
         t0, c0 = time.perf_counter(), time.process_time()
@@ -170,6 +170,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=4000, help="optimiser steps of the training (fixed, not wall time)")
     p.add_argument("--seed", type=int, default=1337, help="training seed (lmgen train's default)")
     p.add_argument("--checkpoint", default=None, help="use this checkpoint instead of training one")
+    p.add_argument("--run-dir", default=None, help="train into this folder and keep it (default: a temporary one)")
     p.add_argument("--max-chars", type=int, default=200_000, help="cap on held-out characters (0 = all)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="activation storage")
     p.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch's default)")

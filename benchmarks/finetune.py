@@ -1,7 +1,7 @@
 """Does fine-tuning pay? Issue 17's measurement of ``lmgen train --init-from``.
 
     parent   a char model trained on enwiki-xml-sample for 10 minutes
-    child    the parent fine-tuned (--init-from, --extend-vocab, --lr the parent's / 10) for
+    child    the parent fine-tuned (--init-from, --extend-vocab, --lr the parent's / 2) for
              2 minutes on the first 100 KB of War and Peace
     control  the same model trained from scratch on the same 100 KB for 12 minutes
 
@@ -63,7 +63,7 @@ def main() -> int:
     p.add_argument("--threads", default="auto", help="--threads of every run (default auto)")
     p.add_argument("--hidden", type=int, default=ModelConfig.hidden, help="hidden size of the char LSTM")
     p.add_argument("--layers", type=int, default=ModelConfig.layers, help="recurrent layers")
-    p.add_argument("--child-lr", type=float, default=None, help="the child's --lr (default: the parent's / 10)")
+    p.add_argument("--child-lr", type=float, default=None, help="the child's --lr (default: the parent's / 2)")
     p.add_argument("--eval-every", type=int, default=100, help="steps between validations (best/ selection)")
     p.add_argument("--max-tokens", type=int, default=0, help="score only this prefix of the valid split (0 = all)")
     p.add_argument("--out", default="", help="folder for the three runs (default: a fresh folder under /tmp)")

@@ -264,7 +264,7 @@ class TrainConfig:
     init_from: str = _help("fine-tune: start from this checkpoint's (or run folder's) weights and tokenizer, with "
                            "a fresh optimiser and schedule; model flags default to the parent's (ones that change "
                            "its architecture are refused), its optimiser settings carry over, and --lr defaults to "
-                           "the parent's / 10 (empty = a new model)", default="")
+                           "the parent's / 2 (empty = a new model)", default="")
     extend_vocab: bool = _help("--init-from with a char tokenizer: give the corpus's characters that the parent "
                                "never saw their own new embedding and decoder rows (else they become <unk>)",
                                default=False)

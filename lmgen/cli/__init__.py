@@ -19,6 +19,7 @@ from typing import Sequence
 
 from ..errors import LmgenError
 from ..version import __version__
+from .atlas import add_atlas_parser
 from .copycheck import add_copycheck_parser
 from .corpus import add_corpus_parser
 from .evaluate import add_eval_parser
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_viz_parser(sub)
     add_repl_parser(sub)
     add_copycheck_parser(sub)
+    add_atlas_parser(sub)
     return parser
 
 
@@ -76,7 +78,7 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
 
 
 _NEEDS = {"sample": ("stdout",), "eval": ("stdout",), "corpus": ("stdout",), "repl": ("stdin", "stdout"),
-          "copycheck": ("stdout",)}
+          "copycheck": ("stdout",), "atlas": ("stdout",)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

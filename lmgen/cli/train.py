@@ -51,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     model_given, train_given = split_settings(settings)
     if train_given.get("resume"):
         cfg, model_cfg = resume_settings(train_given.get("out", TrainConfig.out), model_given, train_given)
-    elif train_given.get("init_from"):  # fine-tuning: the parent's model and optimiser settings, --lr / 10
+    elif train_given.get("init_from"):  # fine-tuning: the parent's model and optimiser settings, --lr / 2
         cfg, model_cfg = finetune_settings(model_given, train_given)
     else:
         cfg = from_dict(TrainConfig, train_given)

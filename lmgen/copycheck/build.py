@@ -19,12 +19,12 @@ How it is sorted: a key packs the next ``per`` tokens of the backward reading (e
 id + 1 in ``bits`` bits; 0 is "before the start") into one uint64, so comparing keys
 depth by depth compares readings. A block of at most ``M`` entries is sorted in memory
 (:func:`_sort_block`): argsort by the depth-0 key, then only the entries still tied go on
-to the next depth, ``lexsort``-ed within their group. A larger set is cut into buckets
+to the next depth, sorted within their group. A larger set is cut into buckets
 by key ranges chosen from a sample, each bucket written to a file of positions, and each
 bucket sorted in turn (a bucket whose entries all share one key goes one depth further).
 Tokens are read through ``np.memmap`` windows that are dropped after use, so neither the
-token file nor the array is ever resident whole: memory stays near ``memory`` bytes
-whatever the corpus size. A text with very long repeats needs one round per ``per``
+token file nor the array is ever resident whole: memory stays near ``memory`` bytes plus
+one window whatever the corpus size. A text with very long repeats needs one round per ``per``
 tokens of the repeat (about 1,000 rounds for 10,000 repeated characters).
 """
 
@@ -37,8 +37,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-DEFAULT_MEMORY = 256 << 20  # bytes the build may hold (blocks, keys, windows)
-BYTES_PER_ENTRY = 64  # what sorting one entry of a block holds at its peak (positions, keys, orders, groups)
+DEFAULT_MEMORY = 256 << 20  # bytes the sorting of a block may hold; the mapped window adds a quarter
+BYTES_PER_ENTRY = 80  # what sorting one entry of a block holds at its peak (77 measured with tracemalloc)
 MAX_BUCKETS = 256  # files written at once when a set of entries is cut into buckets
 SAMPLE_PER_BUCKET = 64  # sampled keys per wanted bucket, to place the cuts
 PAIR_VOCAB = 1024  # up to this vocabulary, where each pair of newest tokens starts is tabled too (8 MB at most)
@@ -185,8 +185,8 @@ def build_suffix_array(tokens_path: str | Path, dtype: np.dtype | str, n: int, v
     (int64 [V + 1]); those whose two newest are v then w, ``pairs[v, w]:pairs[v, w+1]``
     (int64 [V, V + 1]; None above :data:`PAIR_VOCAB`). They save the walk its first steps.
 
-    ``memory`` bounds what the build holds; ``window`` (tokens mapped at once) defaults to
-    a quarter of it. Temporary bucket files go next to ``out_path``.
+    ``memory`` bounds what sorting a block holds; ``window`` (tokens mapped at once) defaults
+    to a quarter of it in bytes. Temporary bucket files go next to ``out_path``.
 
     >>> import numpy as np, tempfile, pathlib                                   # doctest: +SKIP
     >>> np.array([0, 1, 0, 1], np.uint16).tofile("t.bin")                       # doctest: +SKIP
