@@ -142,7 +142,6 @@ def run_memory(args) -> int:
     settings = [  # (characters, hidden, layers, dtype, kinds, chunk)
         (200_000, 512, 2, "float16", None, 4096),
         (200_000, 512, 2, "float32", ["h", "c"], 4096),
-        (200_000, 512, 2, "float16", ["h", "c"], 4096),
         (520_000, 256, 1, "float16", None, 4096),
         (300_000, 256, 1, "float32", None, 4096),
     ]

@@ -111,12 +111,19 @@ class Atlas:
         return "\n".join(lines)
 
     def to_html(self) -> str:
+        """The whole standalone page (table, histograms, snippets)."""
         from .atlas_page import render
 
         return render(self)
 
+    def table_html(self) -> str:
+        """The table alone, as HTML: what a notebook shows (the whole page can be ~1 MB)."""
+        from .atlas_page import table_fragment
+
+        return table_fragment(self)
+
     def _repr_html_(self) -> str:
-        return self.to_html()
+        return self.table_html()
 
     def __repr__(self) -> str:
         done = sum(r.best is not None for r in self.rows)
@@ -305,6 +312,48 @@ def _best_control(tr: Trace, feats: dict[str, np.ndarray], labels: np.ndarray, k
     return ControlScore(names[j], int(signs[j]), float(sa[j]), float(sb[j]))
 
 
+def _groups(tr: Trace, text: str, rows: list[Row], masks: dict[str, np.ndarray],
+            in_a: np.ndarray) -> tuple[list[_Group], dict[int, int]]:
+    """The predicates that can be scored, grouped by the positions they are scored on: group
+    0 all positions, then one group per distinct hard variant. Returns the groups and
+    {row: its hard group}; rows that cannot be scored get ``skipped``."""
+    everything = np.ones(len(tr), dtype=bool)
+    plain, hard = _Group(everything), {}  # hard groups by the bytes of their positions
+    hard_of = {}
+    for i, row in enumerate(rows):
+        labels = tr.token_mask(masks[row.predicate.name])
+        row.skipped = _too_few(labels, everything, in_a)
+        if row.skipped:
+            continue
+        row.inside = float(labels[~in_a].mean())
+        plain.rows.append(i)
+        plain.labels.append(labels)
+        if row.predicate.hard is not None:
+            keep = tr.token_mask(row.predicate.hard(text))
+            if not _too_few(labels, keep, in_a):
+                key = keep.tobytes()
+                group = hard.setdefault(key, _Group(keep))
+                group.rows.append(i)
+                group.labels.append(labels)
+                hard_of[i] = list(hard).index(key) + 1
+    return [plain] + list(hard.values()), hard_of
+
+
+def _score_trained(tr: Trace, text: str, rows: list[Row], groups: list[_Group], hard_of: dict[int, int],
+                   in_a: np.ndarray, kinds: Sequence[str]) -> None:
+    """Fill every scorable row's best unit, hard variant and controls."""
+    scores = _score_groups(tr, groups, in_a, kinds)
+    feats = {name: _token_values(tr, values) for name, values in controls(text).items()}
+    for i, labels in zip(groups[0].rows, groups[0].labels):
+        row = rows[i]
+        row.best = scores[(0, i)]
+        row.control = _best_control(tr, feats, labels, groups[0].keep, in_a, row.predicate.defines)
+        if i in hard_of:
+            g = hard_of[i]
+            row.hard = scores[(g, i)]
+            row.control_hard = _best_control(tr, feats, labels, groups[g].keep, in_a, row.predicate.defines)
+
+
 def untrained_copy(model: RNNLM, seed: int) -> RNNLM:
     """The model's architecture with the initial weights of ``seed`` (lmgen's train() seeds
     torch once before building the model, so the training seed gives its start)."""
@@ -344,6 +393,9 @@ def build(
     preds = select(predicates) if predicates is None or isinstance(predicates, str) else list(predicates)
     if not preds:
         raise ConfigError("no predicate to score")
+    names = [p.name for p in preds]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"two predicates share a name: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     tr = trace(model, tokenizer, text, top_k=top_k, kinds=kinds, allow_unknown=allow_unknown, dtype=dtype,
@@ -352,50 +404,20 @@ def build(
     seconds["trace"] = time.perf_counter() - t0
     say(f"traced {len(tr):,} tokens in {seconds['trace']:.1f} s")
     in_a = split_positions(tr, split_at, fraction)
-    t0 = time.perf_counter()
     rows = [Row(p) for p in preds]
-    masks: dict[str, np.ndarray] = {}
-    everything = np.ones(len(tr), dtype=bool)
-    plain, hard = _Group(everything), {}  # hard groups by their positions' bytes
-    hard_of: dict[int, tuple[int, np.ndarray]] = {}
-    for i, (row, pred) in enumerate(zip(rows, preds)):
-        masks[pred.name] = mask = pred.mask(text)
-        labels = tr.token_mask(mask)
-        row.skipped = _too_few(labels, everything, in_a)
-        if row.skipped:
-            continue
-        row.inside = float(labels[~in_a].mean())
-        plain.rows.append(i)
-        plain.labels.append(labels)
-        if pred.hard is not None:
-            keep = tr.token_mask(pred.hard(text))
-            if not _too_few(labels, keep, in_a):
-                group = hard.setdefault(keep.tobytes(), _Group(keep))
-                group.rows.append(i)
-                group.labels.append(labels)
-                hard_of[i] = (list(hard).index(keep.tobytes()) + 1, keep)
-    groups = [plain] + list(hard.values())
-    seconds["predicates"] = time.perf_counter() - t0
+    masks = {p.name: p.mask(text) for p in preds}
+    groups, hard_of = _groups(tr, text, rows, masks, in_a)
     t0 = time.perf_counter()
-    trained = _score_groups(tr, groups, in_a, kinds)
-    feats = {name: _token_values(tr, values) for name, values in controls(text).items()}
-    for i, labels in zip(plain.rows, plain.labels):
-        row, pred = rows[i], preds[i]
-        row.best = trained[(0, i)]
-        row.control = _best_control(tr, feats, labels, everything, in_a, pred.defines)
-        if i in hard_of:
-            g, keep = hard_of[i]
-            row.hard = trained[(g, i)]
-            row.control_hard = _best_control(tr, feats, labels, keep, in_a, pred.defines)
+    _score_trained(tr, text, rows, groups, hard_of, in_a, kinds)
     seconds["rank"] = time.perf_counter() - t0
-    say(f"ranked {len(plain.rows)} predicates ({len(groups) - 1} hard variants) in {seconds['rank']:.1f} s")
+    say(f"ranked {len(groups[0].rows)} predicates ({len(groups) - 1} hard variants) in {seconds['rank']:.1f} s")
     if untrained is not False:
         t0 = time.perf_counter()
         base = untrained_copy(model, seed) if untrained is True else untrained
         utr = trace(base, tokenizer, text, top_k=1, kinds=kinds, allow_unknown=allow_unknown, dtype=dtype, chunk=chunk)
-        scores = _score_groups(utr, [plain], in_a, kinds)  # all positions only: the hard variants cost 3x more
+        scores = _score_groups(utr, groups[:1], in_a, kinds)  # all positions only: the hard variants cost 3x more
         del utr  # the untrained activations are only needed for their scores
-        for i in plain.rows:
+        for i in groups[0].rows:
             rows[i].untrained = scores[(0, i)]
         seconds["untrained"] = time.perf_counter() - t0
         say(f"untrained control in {seconds['untrained']:.1f} s")

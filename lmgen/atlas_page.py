@@ -21,8 +21,7 @@ SNIPPET_LEAD = 50
 # A gain at least this large is highlighted (the issue's aim for a "found" unit).
 GOOD_GAIN = 0.10
 
-_CSS = """
-body { font-family: sans-serif; margin: 1.5em; max-width: 80em; }
+_TABLE_CSS = """
 table.atlas { border-collapse: collapse; font-size: 13px; }
 table.atlas th, table.atlas td { border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: right; }
 table.atlas td.l, table.atlas th.l { text-align: left; }
@@ -31,6 +30,7 @@ td.good { background: #d9f2d9; font-weight: bold; }
 section.row { margin-top: 2em; border-top: 2px solid #999; padding-top: 0.5em; }
 .snip { margin: 0.6em 0; }
 """
+_CSS = "body { font-family: sans-serif; margin: 1.5em; max-width: 80em; }" + _TABLE_CSS
 
 
 def svg_histogram(inside: np.ndarray, outside: np.ndarray, *, bins: int = 40, width: int = 380,
@@ -113,6 +113,11 @@ def _table(atlas: Atlas) -> str:
             f"<td>{r.control.auroc_b:.3f}</td><td{good}>{r.gain:+.3f}</td></tr>")
     lines.append("</table>")
     return "\n".join(lines)
+
+
+def table_fragment(atlas: Atlas) -> str:
+    """The table with its own style, to show inside another page (a notebook)."""
+    return f"<div><style>{_TABLE_CSS}</style>{_table(atlas)}</div>"
 
 
 def _section(atlas: Atlas, row: Row) -> str:

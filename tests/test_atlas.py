@@ -251,6 +251,9 @@ def test_atlas_skips_what_it_cannot_score(tok, small_atlas):
     assert "skipped" in atlas.table()
     with pytest.raises(ConfigError, match="split_at must be inside the text"):
         build(_model("lstm", tok.vocab_size), tok, TEXT, split_at=len(TEXT) + 5, untrained=False)
+    comment = P.PREDICATES["comment"]
+    with pytest.raises(ConfigError, match="two predicates share a name: comment"):
+        build(_model("lstm", tok.vocab_size), tok, TEXT, predicates=[comment, comment], untrained=False)
 
 
 def test_atlas_page_escapes_hostile_text(tok, tmp_path):
@@ -265,7 +268,10 @@ def test_atlas_page_escapes_hostile_text(tok, tmp_path):
     assert ">&lt;</span>" in page and html.escape(evil.doc) in page  # the text: one escaped character a span
     assert page.count("<svg") == 2 and page.count('class="lmgen-viz"') >= 2  # histograms and snippets
     assert not re.search(r"(src|href)=['\"]https?:", page)  # standalone: nothing loaded from elsewhere
-    assert "Atlas" in repr(atlas) and atlas._repr_html_() == page
+    assert "Atlas" in repr(atlas) and atlas.to_html() == page
+    table = atlas._repr_html_()  # a notebook shows the table only
+    assert table == atlas.table_html() and "<table class='atlas'>" in table and "<body" not in table
+    assert "&lt;b onmouseover=" in table and "<b onmouseover" not in table
 
 
 # -- lmgen atlas ----------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 
 
 def test_notebooks_exist_with_a_mode_parameter():
-    assert [p.name for p in NOTEBOOKS] == ["01_quick_tour.ipynb", "02_url_detector.ipynb", "03_quote_detector.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == ["01_quick_tour.ipynb", "02_url_detector.ipynb", "03_quote_detector.ipynb",
+                                           "04_atlas_and_interventions.ipynb"]
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         assert any("LMGEN_NOTEBOOK_MODE" in c.source for c in nb.cells if c.cell_type == "code"), path.name
