@@ -20,7 +20,7 @@ reports its AUROC on B: how much a reader of *all* units gets, for comparison.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -411,6 +411,7 @@ class Pattern:
     units: list[Unit]
     share: np.ndarray
     matches: list[Match]
+    signs: list[int] = field(default_factory=list)  # +1: on when high, -1: on when low (signed=True)
 
     def show(self, top: int = 10, context: int = 30):
         """The selection and the ``top`` matches as coloured text (:func:`lmgen.viz.show_pattern`)."""
@@ -423,7 +424,7 @@ class Pattern:
 
 
 def find_pattern(trace: Trace, start: int, end: int, threshold: float = 0.3, *, kinds=("h",), min_share: float = 0.5,
-                 search: tuple[int, int] | None = None) -> Pattern:
+                 search: tuple[int, int] | None = None, signed: bool = False) -> Pattern:
     """The units on in characters [start, end) and off just before and after, and the other
     places of the text where the same set is on, ranked by :class:`Match`'s score.
 
@@ -431,7 +432,9 @@ def find_pattern(trace: Trace, start: int, end: int, threshold: float = 0.3, *, 
     when it is on at every token of the selection and off at the token before and the
     token after it (where those exist). A candidate is a maximal run of tokens where at
     least ``min_share`` of the pattern's units are on, outside the selection; ``search``
-    keeps only candidates inside that character range (e.g. part B).
+    keeps only candidates inside that character range (e.g. part B). ``signed``: a unit
+    may also be on by being below ``-threshold`` (LSTMVis looks at high values only; an
+    LSTM codes as often by low ones); ``Pattern.signs`` says which.
 
     >>> pattern = find_pattern(tr, 120, 140, 0.5)        # doctest: +SKIP
     >>> [tr.text[m.start:m.end] for m in pattern.matches[:3]]   # doctest: +SKIP
@@ -445,18 +448,20 @@ def find_pattern(trace: Trace, start: int, end: int, threshold: float = 0.3, *, 
     if not len(tokens):
         raise ConfigError(f"no token lies in the selection [{start}, {end})")
     t0, t1 = int(tokens[0]), int(tokens[-1]) + 1
-    units, columns = [], []
+    units, signs, columns = [], [], []
     for layer, acts in enumerate(trace.layers):
         for kind in kinds:
             if kind not in acts:
                 raise ConfigError(f"no activation kind {kind!r} in a {trace.cell} trace; choose from {trace.kinds}")
-            values = acts[kind]
-            chosen = (values[t0:t1] > threshold).all(axis=0)
-            for t in (t0 - 1, t1):
-                if 0 <= t < len(trace):
-                    chosen &= values[t] <= threshold
-            units += [Unit(layer, kind, int(j)) for j in np.flatnonzero(chosen)]
-            columns.append(values[:, chosen] > threshold)
+            for sign in (1, -1) if signed else (1,):
+                values = acts[kind] if sign > 0 else -acts[kind]  # a low unit is "on" below -threshold
+                chosen = (values[t0:t1] > threshold).all(axis=0)
+                for t in (t0 - 1, t1):
+                    if 0 <= t < len(trace):
+                        chosen &= values[t] <= threshold
+                units += [Unit(layer, kind, int(j)) for j in np.flatnonzero(chosen)]
+                signs += [sign] * int(chosen.sum())
+                columns.append(values[:, chosen] > threshold)
     if not units:
         raise ConfigError(f"no unit of kinds {', '.join(kinds)} is above {threshold} on all of [{start}, {end}) "
                           f"and below it just before and after; lower the threshold or select fewer characters")
@@ -478,4 +483,4 @@ def find_pattern(trace: Trace, start: int, end: int, threshold: float = 0.3, *, 
         length = min(b - a, t1 - t0) / max(b - a, t1 - t0)
         matches.append(Match(s, e, a, b, float(inside * off * length), float(inside), float(off)))
     matches.sort(key=lambda m: (-m.score, m.start))
-    return Pattern(trace, start, end, float(threshold), units, share, matches)
+    return Pattern(trace, start, end, float(threshold), units, share, matches, signs)

@@ -264,7 +264,9 @@ def show_pattern(pattern: Any, top: int = 10, context: int = 30) -> PatternView:
     marks[pattern.start : pattern.end] = True
     for m in pattern.matches[:top]:
         marks[m.start : m.end] = True
-    names = ", ".join(map(str, pattern.units[:12])) + (" ..." if len(pattern.units) > 12 else "")
+    signs = pattern.signs or [1] * len(pattern.units)
+    names = ", ".join(f"{u}{' (low)' if s < 0 else ''}" for u, s in zip(pattern.units[:12], signs))
+    names += " ..." if len(pattern.units) > 12 else ""
     head = (f'<div style="font-family:sans-serif"><b>pattern</b> of {len(pattern.units)} units on in characters '
             f"{pattern.start:,}-{pattern.end:,} (value &gt; {pattern.threshold:g}): {html.escape(names)}; "
             f"{len(pattern.matches):,} other places, the best {min(top, len(pattern.matches))} below</div>")

@@ -417,6 +417,22 @@ def test_a_session_keeps_a_cache_of_its_text():
         "".join(session.generate("abc"))
 
 
+def test_the_repl_cache_command_sets_the_cache_of_the_next_text():
+    model, tok = char_model()
+    session = Session(model, tok, GenerationConfig(max_new_tokens=6, do_sample=False))
+    assert "cache" not in session.show()
+    assert "N=30" in session.handle(":cache 30 0.5")
+    assert (session.cache.size, session.cache.theta, session.cache.lam) == (30, 0.5, CacheConfig(1).lam)
+    "".join(session.generate("abc abc"))
+    assert session.context.cache is not None and session.context.cache.seen == session.context.fed
+    session.handle(":cache off")
+    "".join(session.generate("abc"))
+    assert session.context.cache is None
+    for bad in (":cache", ":cache x", ":cache 0", ":cache 5 1 2 3", ":cache 5 0.3 7"):
+        with pytest.raises(ConfigError, match="cache"):
+            session.handle(bad)
+
+
 # --------------------------------------------------------------------------- command line and REPL
 
 

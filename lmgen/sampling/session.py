@@ -44,6 +44,8 @@ An empty line (or :continue) continues the text so far with its state.
   :max N           stop after N new tokens        :min N  no [END] before N tokens
   :seed N          restart the random numbers from seed N
   :precision P     step weights: float16 (fast, CPU), float32 (exact) or auto
+  :cache N [θ [λ]]  sample from a continuous cache of the last N states of the text (from the next prompt);
+                   :cache off
   :adapt on|off    learn from the text you type (dynamic evaluation); off keeps what was learned
   :adapt reset     the trained weights again, exactly
   :score TEXT      log-probability of TEXT as a new document, under the current weights
@@ -188,6 +190,8 @@ class Session:
             return self.show()
         if name == "adapt":
             return self._adapt(value.lower())
+        if name == "cache":
+            return self._cache(value)
         if name == "score":
             return self._score(value)
         if name == "pick":
@@ -248,6 +252,25 @@ class Session:
         """
         with self._intervened():
             yield from self._generate(text, continue_text)
+
+    def _cache(self, value: str) -> str:
+        """``:cache N [theta [lambda]]`` or ``:cache off``: the cache of the texts that follow.
+
+        A text is primed into its cache as it is read, so a new setting starts with the next
+        prompt; an empty line continues the current text with the cache it has."""
+        if value.lower() == "off":
+            self.cache = None
+            return "cache off (from the next prompt)"
+        parts = value.split()
+        if not 1 <= len(parts) <= 3:
+            raise ConfigError(f":cache takes N [theta [lambda]] or off, got {value!r}")
+        try:
+            size, numbers = int(parts[0]), [float(p) for p in parts[1:]]
+        except ValueError:
+            raise ConfigError(f":cache takes N [theta [lambda]] or off, got {value!r}") from None
+        base = CacheConfig(size)
+        self.cache = CacheConfig(size, *(numbers + [base.theta, base.lam][len(numbers):]))
+        return f"cache {self.cache.describe()} (from the next prompt)"
 
     def _intervened(self) -> Any:
         """:clamp and :ablate in force on the model (nothing at all when there are none)."""
