@@ -110,7 +110,41 @@ def run_atlas(args) -> int:
     ]
     for label, ok in checks:
         print(f"  [{'met' if ok else 'NOT met'}] {label}")
+    pattern_search(atlas, text, split_at)
     return 0 if all(ok for _, ok in checks) else 1
+
+
+def pattern_search(atlas, text: str, split_at: int) -> None:
+    """Figures, no aim: select the first span of part A inside a predicate (8-40 characters)
+    that has a pattern (h and c units, signed, the highest threshold of 0.5, 0.3, 0.2, 0.1),
+    and count how many of the top 10 matches in part B lie inside the predicate too."""
+    import numpy as np
+
+    from lmgen.errors import ConfigError
+    from lmgen.predicates import PREDICATES
+    from lmgen.probe import find_pattern
+
+    print("pattern search (first span of part A with a pattern; top 10 matches in part B):")
+    for name in ("parentheses", "string_literal", "comment"):
+        inside = PREDICATES[name].mask(text)
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], inside[:split_at].astype(int), [0]])))
+        found = None
+        for a, b in [(a, b) for a, b in zip(edges[::2], edges[1::2]) if 8 <= b - a <= 40][:50]:
+            for threshold in (0.5, 0.3, 0.2, 0.1):
+                try:
+                    found = find_pattern(atlas.trace, a, b, threshold, kinds=("h", "c"), signed=True,
+                                         search=(split_at, len(text)))
+                    break
+                except ConfigError:
+                    continue
+            if found is not None:
+                break
+        if found is None:
+            print(f"  {name}: no span of part A has a pattern")
+            continue
+        hits = sum(inside[m.start : m.end].mean() > 0.5 for m in found.matches[:10])
+        print(f"  {name:15s} {text[found.start:found.end]!r:44s} {len(found.units)} units at {found.threshold}: "
+              f"{hits} of {min(10, len(found.matches))} inside")
 
 
 # -- peak memory of trace --------------------------------------------------------------------

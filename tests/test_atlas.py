@@ -303,6 +303,8 @@ def test_cli_atlas(tiny_checkpoint, tmp_path, capsys):
         (base + ["--split-at", "1e9"], "past the end of the text"),
         (base + ["--split-at", "-1"], "--split-at must be a fraction"),
         (base + ["--max-chars", "-1"], "--max-chars must be >= 0"),
+        (base + ["--snippets", "-1"], "--snippets must be >= 0"),
+        (base + ["--kinds", "h,q"], "no activation kind 'q'"),
         (["atlas", str(tiny_checkpoint), "--text", str(tmp_path / "missing.txt")], "cannot read it"),
         (base + ["--out", str(tmp_path)], "is a folder"),
         (base[:2] + ["--text", str(text_file), "--out", str(out)], "lacks"),

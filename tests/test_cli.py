@@ -104,7 +104,7 @@ def test_every_shipped_config_is_valid(path):
 
     train_cfg, model_cfg = load_recipe(str(path))
     assert train_cfg.steps or train_cfg.epochs or train_cfg.time, f"{path.name} sets no budget"
-    assert model_cfg.hidden >= 1
+    assert min(model_cfg.sizes) >= 1 and len(model_cfg.sizes) == model_cfg.layers
 
 
 def test_a_mistyped_command_gets_a_did_you_mean(capsys):

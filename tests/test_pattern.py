@@ -63,6 +63,19 @@ def test_pattern_search_finds_the_planted_repeats():
     np.testing.assert_allclose(pattern.share, (tr.layers[0]["h"][:, :3] > 0.5).mean(axis=1))
 
 
+def test_signed_pattern_search_finds_units_that_are_on_by_being_low():
+    tr, full, _ = _planted()
+    flipped = tr.layers[0]["h"].copy()
+    flipped[:, :3] *= -1  # the pattern's units now code "inside" by -1
+    tr2 = Trace(**{**tr.__dict__, "layers": [{"h": flipped}]})
+    with pytest.raises(ConfigError, match="no unit of kinds h"):
+        find_pattern(tr2, *full[0], 0.5)
+    pattern = find_pattern(tr2, *full[0], 0.5, signed=True)
+    assert pattern.units == [Unit(0, "h", j) for j in range(3)] and pattern.signs == [-1, -1, -1]
+    assert [(m.start, m.end) for m in pattern.matches[: len(full) - 1]] == full[1:]
+    assert "L0.h[0] (low)" in pattern.show(top=1).to_html()
+
+
 def test_pattern_search_window_score_and_errors():
     tr, full, _ = _planted()
     half = len(tr.text) // 2

@@ -240,7 +240,8 @@ def test_url_neuron_benchmark_protocol_small(mirror, capsys):
     assert pages == 15 and len(text) <= 12_000 + pages and 0 < split_at < len(text)
     assert text.count("<page>") == pages
     code = module.main(["--steps", "20", "--hidden", "32", "--batch", "8", "--bptt", "64", "--max-chars", "40000",
-                        "--no-probe"])
+                        "--no-probe", "--random-units", "5", "--samples", "2", "--sample-chars", "60",
+                        "--causal-chars", "3000"])
     out = capsys.readouterr().out
     assert code in (0, 1)  # 1: aims not met, expected after 20 steps
     for name in ("url", "wikilink"):
@@ -248,4 +249,4 @@ def test_url_neuron_benchmark_protocol_small(mirror, capsys):
     rows = re.findall(r"^(trained|untrained|run-length counter), (plain|hard)\s+\S+\s+([\d.]+)\s+([\d.]+)$", out, re.M)
     assert len(rows) == 12
     assert all(0.5 <= float(a) <= 1 and 0 <= float(b) <= 1 for *_, a, b in rows)  # chosen sign: A >= 0.5
-    assert out.count("met] ") == 8
+    assert out.count("met] ") == 8 + 5  # 4 checks per predicate, and the URL unit's 5 causal ones

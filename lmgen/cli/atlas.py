@@ -49,6 +49,8 @@ def cmd_atlas(args: argparse.Namespace) -> int:
         text = Path(args.text).read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise ConfigError(f"--text {args.text}: cannot read it ({exc.strerror})") from None
+    if args.snippets < 0:
+        raise ConfigError(f"--snippets must be >= 0, got {args.snippets}")
     if args.max_chars < 0:
         raise ConfigError(f"--max-chars must be >= 0 (0 = all), got {args.max_chars}")
     if args.max_chars and len(text) > args.max_chars:
