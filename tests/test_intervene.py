@@ -13,6 +13,7 @@ import intervene_reference as ref
 import numpy as np
 import pytest
 import torch
+from test_sampling import step_through  # feed tokens one step at a time
 
 from lmgen.activations import intervene, regex_mask, trace
 from lmgen.config import ModelConfig
@@ -110,16 +111,6 @@ def half_rounded(model):
             if name.startswith(("rnn.weight", "decoder.weight")):
                 param.copy_(param.half().float())
     return rounded
-
-
-def step_through(rec, model, tokens):
-    layers = rec.split(model.init_state(tokens.shape[0]))
-    steps = []
-    with torch.no_grad():
-        for t in range(tokens.shape[1]):
-            logits, layers = rec.step(tokens[:, t], layers)
-            steps.append(logits)
-    return torch.stack(steps, 1), rec.join(layers)
 
 
 # -- no intervention: every path exactly as before ---------------------------------------------
