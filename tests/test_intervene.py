@@ -3,7 +3,6 @@ and lmgen.probe.causal_effect against an independent recomputation."""
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import signal
@@ -13,7 +12,7 @@ import intervene_reference as ref
 import numpy as np
 import pytest
 import torch
-from test_sampling import step_through  # feed tokens one step at a time
+from test_sampling import half_rounded, step_through
 
 from lmgen.activations import intervene, regex_mask, trace
 from lmgen.config import ModelConfig
@@ -101,16 +100,6 @@ def naive(model, tokens, spec):
         x_seq = acts[-1]["h"]
     logits = x_seq @ W["decoder.weight"].T + W["decoder.bias"]
     return logits, acts
-
-
-def half_rounded(model):
-    """``model`` with its weight matrices rounded to float16: what the float16 engine multiplies by."""
-    rounded = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, param in rounded.named_parameters():
-            if name.startswith(("rnn.weight", "decoder.weight")):
-                param.copy_(param.half().float())
-    return rounded
 
 
 # -- no intervention: every path exactly as before ---------------------------------------------
