@@ -76,7 +76,7 @@ class RNNLM(nn.Module):
             nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
         else:
             nn.init.normal_(self.embedding.weight, 0.0, 1.0)
-            _init_decoder(self.decoder)
+        _init_decoder(self.decoder, weights=not self.config.tie)
         self.rnn.reset_parameters()
         if self.config.cell == "lstm":
             # Forget-gate bias 1 (Gers et al. 2000; Jozefowicz et al. 2015): remember by default.
@@ -171,8 +171,7 @@ class WindowLM(nn.Module):
         if config.tie:
             self.decoder.weight = self.embedding.weight
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
-        if not config.tie:
-            _init_decoder(self.decoder)
+        _init_decoder(self.decoder, weights=not config.tie)
         if config.init_range > 0:
             uniform_init(self, config.init_range)
 
@@ -216,12 +215,13 @@ def make_decoder(cfg: ModelConfig, inputs: int) -> nn.Module:
     return nn.Linear(inputs, cfg.vocab_size)
 
 
-def _init_decoder(decoder: nn.Module) -> None:
-    """Small initial logits (loss ~ ln V at the start): weights U(-0.1, 0.1), biases 0."""
+def _init_decoder(decoder: nn.Module, weights: bool = True) -> None:
+    """Small initial logits (loss ~ ln V at the start): biases 0 and, unless ``weights`` is False
+    (a tied matrix, initialised as the embedding), weights U(-0.1, 0.1)."""
     for name, param in decoder.named_parameters():
         if name.endswith("bias"):
             nn.init.zeros_(param)
-        else:
+        elif weights:
             nn.init.uniform_(param, -0.1, 0.1)
 
 

@@ -18,7 +18,7 @@ from lmgen.checkpoint import load_checkpoint
 from lmgen.config import ModelConfig
 from lmgen.errors import CheckpointError, ConfigError
 from lmgen.gradients import gradient_norms
-from lmgen.model import RNNLM, estimate_parameters
+from lmgen.model import RNNLM, build_model, estimate_parameters
 from lmgen.sampling import GenerationConfig, generate
 from lmgen.sampling.recurrence import Recurrence, half_supported
 from lmgen.softmax import AdaptiveDecoder, decoder_parameters, token_counts
@@ -237,3 +237,11 @@ def test_module_doctests(module):
     results = doctest.testmod(importlib.import_module("lmgen." + module),
                               extraglobs={"torch": torch, "ModelConfig": ModelConfig})
     assert results.failed == 0 and results.attempted > 0
+
+
+@pytest.mark.parametrize("cell", ["lstm", "window"])
+def test_a_tied_decoder_starts_with_zero_bias_and_the_embedding_as_its_matrix(cell):
+    torch.manual_seed(5)
+    model = build_model(ModelConfig(cell=cell, vocab_size=30, embed=16, hidden=16, tie=True))
+    assert not model.decoder.bias.any()  # initial logits ~ 0: loss ~ ln V
+    assert model.decoder.weight is model.embedding.weight and model.embedding.weight.abs().max() <= 0.1
