@@ -12,8 +12,8 @@ import sys
 
 import pytest
 import torch
+from test_sampling import tiny_model as sampling_tiny_model
 
-from lmgen.config import ModelConfig
 from lmgen.errors import ConfigError
 from lmgen.model import RNNLM
 from lmgen.sampling import (
@@ -39,14 +39,10 @@ def tok():
     return build_tokenizer("char", [TEXT])
 
 
-def tiny_model(vocab: int, seed: int = 0, sharp: float = 3.0) -> RNNLM:
-    """A random 2-layer LSTM whose next-token distributions are uneven but not degenerate."""
-    torch.manual_seed(seed)
-    model = RNNLM(ModelConfig(vocab_size=vocab, embed=8, hidden=16, layers=2)).eval()
-    with torch.no_grad():
-        model.decoder.weight.mul_(sharp)
-        model.decoder.bias.normal_(0, 1)
-    return model
+def tiny_model(vocab: int, seed: int = 0) -> RNNLM:
+    """A random 2-layer LSTM whose next-token distributions are uneven but not degenerate
+    (test_sampling's model with a milder decoder)."""
+    return sampling_tiny_model(vocab, seed=seed, sharp=3.0)
 
 
 def first_match_end(text: str, stops) -> tuple[int, str] | None:
