@@ -47,6 +47,21 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+_SIZES = re.compile(r"\s*\d+(\s*,\s*\d+)*\s*")
+
+
+def parse_sizes(text: str) -> int | list[int]:
+    """``"256"`` -> 256, ``"1150,1150,400"`` -> [1150, 1150, 400]: ``--hidden`` as text.
+
+    >>> parse_sizes("1150, 1150,400")
+    [1150, 1150, 400]
+    """
+    if not _SIZES.fullmatch(text):
+        raise ConfigError(f"--hidden must be a size or sizes such as 1150,1150,400, got {text!r}")
+    sizes = [int(part) for part in text.split(",")]
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     _check(value in choices, name, "one of " + ", ".join(choices), value)
 
@@ -132,9 +147,8 @@ class ModelConfig:
 
     def _normalise_hidden(self) -> None:
         """A list of sizes -> ``layers`` from its length; equal sizes -> one number."""
-        if isinstance(self.hidden, str) and re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*", self.hidden):
-            parts = [int(part) for part in self.hidden.split(",")]  # the CLI's --hidden 1150,1150,400
-            self.hidden = parts[0] if len(parts) == 1 else parts
+        if isinstance(self.hidden, str) and _SIZES.fullmatch(self.hidden):  # TOML hidden = "1150,1150,400"
+            self.hidden = parse_sizes(self.hidden)
         if isinstance(self.hidden, (list, tuple)):
             sizes = list(self.hidden)
             _check(bool(sizes) and all(_whole(h) and h >= 1 for h in sizes), "hidden",
@@ -146,9 +160,6 @@ class ModelConfig:
                                   f"give one size per layer, or leave --layers out")
             self.layers = len(sizes)
             self.hidden = sizes[0] if len(set(sizes)) == 1 else sizes
-        if isinstance(self.hidden, list):
-            for h in self.hidden:
-                _check(_whole(h) and h >= 1, "hidden", "a whole number >= 1", h)
 
     @property
     def sizes(self) -> list[int]:

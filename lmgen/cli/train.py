@@ -8,7 +8,8 @@ import os
 import sys
 from typing import Any
 
-from ..config import ModelConfig, TrainConfig, flag, from_dict, read_recipe, split_settings
+from ..config import ModelConfig, TrainConfig, flag, from_dict, parse_sizes, read_recipe, split_settings
+from ..errors import ConfigError
 
 # Flags whose long name differs from the field (none today); kept for clarity in one place.
 _MODEL_FIELDS = [f for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"]
@@ -32,10 +33,9 @@ def _add_dataclass_flags(group: argparse._ArgumentGroup, fields: list, defaults:
 def _sizes(text: str) -> int | list[int]:
     """``--hidden 256`` -> 256, ``--hidden 1150,1150,400`` -> [1150, 1150, 400] (one size per layer)."""
     try:
-        sizes = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size or sizes such as 1150,1150,400, got {text!r}") from None
-    return sizes[0] if len(sizes) == 1 else sizes
+        return parse_sizes(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--hidden ")) from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
