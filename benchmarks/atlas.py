@@ -3,8 +3,8 @@
 Protocol (fixed before any run; nothing here is tuned on part B):
 
 1. Train with ``lmgen train``'s defaults (the README's quick-start recipe: 1 x 256 LSTM,
-   AdamW, seed 1337) for a fixed number of optimiser steps on the train split (the first
-   90% of the characters of the standard library's sources).
+   AdamW, seed 1337) for a fixed number of optimiser steps (or a wall time, ``--time``) on
+   the train split (the first 90% of the characters of the standard library's sources).
 2. Held-out text = the valid and test splits (the last 10%). The one file the valid/test
    cut splits in two is joined again, and the text starts at the first top-level line after
    a blank line (the valid split begins inside a file, maybe inside a docstring, where the
@@ -61,11 +61,12 @@ def held_out_text(max_chars: int) -> tuple[str, int]:
     return text, split_at
 
 
-def train_model(steps: int, out: Path, seed: int, threads: int):
+def train_model(steps: int, out: Path, seed: int, threads: int, limit: str = ""):
     from lmgen.config import ModelConfig, TrainConfig
     from lmgen.train import train
 
-    cfg = TrainConfig(steps=steps, seed=seed, progress=False, out=str(out), device="cpu", eval_every=max(steps, 1),
+    cfg = TrainConfig(steps=0 if limit else steps, time=limit, seed=seed, progress=False, out=str(out),
+                      device="cpu", eval_every=max(steps, 1) if not limit else 1000,
                       threads=str(threads) if threads else "auto")
     t0 = time.perf_counter()
     result = train(cfg, ModelConfig(), overwrite=True, log=lambda msg: None)
@@ -86,12 +87,13 @@ def run_atlas(args) -> int:
     print(f"held-out: {len(text):,} characters; A = [0, {split_at:,}), B = [{split_at:,}, {len(text):,})")
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.run_dir) if args.run_dir else Path(tmp) / "run"
-        path = Path(args.checkpoint) if args.checkpoint else train_model(args.steps, run, args.seed, args.threads)
+        path = Path(args.checkpoint) if args.checkpoint else train_model(args.steps, run, args.seed, args.threads,
+                                                                         args.time)
         ckpt = load_checkpoint(path)
         seed = int(ckpt.config.get("train", {}).get("seed", args.seed))
         t0, c0 = time.perf_counter(), time.process_time()
         atlas = build(ckpt.model, ckpt.tokenizer, text, split_at=split_at, seed=seed, allow_unknown=True,
-                      dtype=args.dtype, log=print)
+                      dtype=args.dtype, probe=args.probe, log=print)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in atlas.seconds.items())
     print(f"atlas built in {wall:.0f} s wall, {cpu:.0f} s CPU ({parts})")
@@ -201,6 +203,9 @@ def run_memory(args) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=4000, help="optimiser steps of the training (fixed, not wall time)")
+    p.add_argument("--time", default="", help="train for this wall time instead of --steps (e.g. 10m: the "
+                                              "README's recipe, `lmgen train --time 10m`)")
+    p.add_argument("--probe", action="store_true", help="also a sparse logistic probe per predicate")
     p.add_argument("--seed", type=int, default=1337, help="training seed (lmgen train's default)")
     p.add_argument("--checkpoint", default=None, help="use this checkpoint instead of training one")
     p.add_argument("--run-dir", default=None, help="train into this folder and keep it (default: a temporary one)")

@@ -2,7 +2,7 @@
 
 Protocol (fixed before any run; nothing here is tuned on part B):
 
-1. Train a char-LSTM (1 x 128 by default) for a fixed number of optimiser steps on the
+1. Train a char-LSTM (1 x 256 by default) for a fixed number of optimiser steps on the
    train split of enwiki-xml-sample (bytes 0-90%).
 2. Held-out text = the whole <page>...</page> elements of the valid and test splits
    (the last 10% of bytes). Pages are split into two halves A and B by characters, at a
@@ -25,7 +25,8 @@ Protocol (fixed before any run; nothing here is tuned on part B):
    - clamping: --samples seeded samples of --sample-chars characters at T = --temperature
      from an empty prompt, with the unit clamped to its median over the URL characters of
      part A ("its typical inside-URL value") and without; the share of sampled characters
-     inside URL_REGEX matches.
+     inside URL_REGEX matches (the aim), and inside URL_LIKE_REGEX matches (a URL with or
+     without its scheme: reported beside it, defined after reading clamped samples).
 
 Aims (issue 6): plain AUROC_B >= 0.95; hard AUROC_B >= 0.92; hard AUROC_B above the
 untrained control by >= 0.20 and above the run-length counter by >= 0.02. Aims (issue 18):
@@ -57,6 +58,7 @@ from lmgen.config import ModelConfig, TrainConfig
 from lmgen.generation import GenerationConfig
 from lmgen.model import RNNLM
 from lmgen.probe import (
+    URL_LIKE_REGEX,
     URL_REGEX,
     WIKILINK_REGEX,
     causal_effect,
@@ -125,9 +127,9 @@ def evaluate(model: RNNLM, tok, text: str, split_at: int, *, probe: bool) -> dic
     return results
 
 
-def url_share(texts: list[str]) -> float:
-    """The share of the characters of ``texts`` inside URL_REGEX matches."""
-    inside = sum(m.end() - m.start() for t in texts for m in re.finditer(URL_REGEX, t))
+def url_share(texts: list[str], pattern: str = URL_REGEX) -> float:
+    """The share of the characters of ``texts`` inside matches of ``pattern``."""
+    inside = sum(m.end() - m.start() for t in texts for m in re.finditer(pattern, t))
     return inside / max(sum(map(len, texts)), 1)
 
 
@@ -147,12 +149,16 @@ def causal_checks(model, tok, text: str, split_at: int, unit, typical: float, ar
         generators = [torch.Generator().manual_seed(args.seed + i) for i in range(args.samples)]
         with intervene(model, spec):
             samples = generate(model, tok, "", config, generator=generators)
-        shares[label] = url_share([s.text for s in samples])
+        texts = [s.text for s in samples]
+        shares[label] = url_share(texts), url_share(texts, URL_LIKE_REGEX)
     print(f"\n== causal: clamping while sampling ({args.samples} samples x {args.sample_chars} characters, "
           f"T = {args.temperature}, {time.perf_counter() - t0:.0f} s) ==")
-    for label, share in shares.items():
-        print(f"  {label:32s} {share:8.2%} of sampled characters inside URLs")
-    base, clamped = shares.values()
+    print(f"  {'':32s} {'URL_REGEX':>10s} {'URL_LIKE_REGEX':>15s}  (share of sampled characters)")
+    for label, (share, like) in shares.items():
+        print(f"  {label:32s} {share:10.2%} {like:15.2%}")
+    (base, base_like), (clamped, clamped_like) = shares.values()
+    print(f"  ratio{'':27s} {clamped / max(base, 1e-12):9.1f}x {clamped_like / max(base_like, 1e-12):14.1f}x   "
+          "(URL_LIKE_REGEX also counts URLs written without http:// or www.; no aim, see lmgen/probe.py)")
     clamp_ratio = clamped / base if base > 0 else (float("inf") if clamped > 0 else 0.0)
     checks = []
     for how, ins, out, ratio, pct in (

@@ -13,6 +13,8 @@ any run, for every predicate of :mod:`lmgen.predicates`::
     control     every trivial feature (column, run length, bracket counters, quote
                 parity, P(inside | current token)), sign chosen on A; the best on B
     gain        AUROC_B - max(control, untrained): rows are sorted by it
+    probe       (``probe=True``) a sparse logistic probe over all h and c units, fitted on A,
+                AUROC on B: is the predicate in the model at all, when no single unit has it?
 
 The best control is taken on B (not chosen on A, as the unit is), so the gain is a lower
 bound. Speed: a unit's ranks do not depend on the predicate, so they are computed once
@@ -39,7 +41,7 @@ from .activations import CHUNK, Trace, Unit, trace
 from .errors import ConfigError
 from .model import RNNLM
 from .predicates import CONTROL_DOCS, Predicate, controls, select
-from .probe import UnitScore, split_positions
+from .probe import Probe, UnitScore, logistic_probe, split_positions
 from .tokenizer import Tokenizer
 
 # Units ranked at once: memory ~ 3 x BLOCK x T x 8 bytes (ranks, order, sorted values).
@@ -69,6 +71,7 @@ class Row:
     untrained: UnitScore | None = None
     control: ControlScore | None = None
     control_hard: ControlScore | None = None
+    probe: Probe | None = None  # build(probe=True): a population reader, fitted on A
     skipped: str = ""
 
     @property
@@ -96,8 +99,9 @@ class Atlas:
 
     def table(self) -> str:
         """A plain-text table of the rows (what the CLI prints)."""
+        probed = any(r.probe is not None for r in self.rows)
         head = (f"{'predicate':20s}{'inside':>7s}  {'unit':15s}{'A':>7s}{'B':>7s}{'hard B':>8s}"
-                f"{'untr. B':>8s}  {'best control':14s}{'B':>6s}{'gain':>8s}")
+                f"{'untr. B':>8s}  {'best control':14s}{'B':>6s}{'gain':>8s}" + (f"{'probe B':>9s}" if probed else ""))
         lines = [head]
         for r in self.rows:
             if r.best is None:
@@ -107,7 +111,7 @@ class Atlas:
             untr = f"{r.untrained.auroc_b:8.3f}" if r.untrained else f"{'-':>8s}"
             lines.append(f"{r.predicate.name:20s}{r.inside:7.1%}  {_unit_name(r.best):15s}{r.best.auroc_a:7.3f}"
                          f"{r.best.auroc_b:7.3f}{hard}{untr}  {r.control.name:14s}{r.control.auroc_b:6.3f}"
-                         f"{r.gain:+8.3f}")
+                         f"{r.gain:+8.3f}" + (f"{r.probe.auroc_b:9.3f}" if r.probe is not None else ""))
         return "\n".join(lines)
 
     def to_html(self) -> str:
@@ -379,6 +383,8 @@ def build(
     top_k: int = 3,
     snippets: int = 2,
     allow_unknown: bool = False,
+    probe: bool = False,
+    probe_steps: int = 200,
     log: Callable[[str], None] | None = None,
 ) -> Atlas:
     """Run the atlas protocol for every predicate (default: the whole library) on ``text``.
@@ -388,6 +394,10 @@ def build(
     seed), a model uses that one, False skips it. ``kinds``: activation kinds to rank
     (default all). ``dtype``/``chunk``: :func:`lmgen.activations.trace`'s. ``top_k`` and
     ``snippets``: next-token guesses and coloured snippets per row on the page.
+    ``probe``: also fit :func:`lmgen.probe.logistic_probe` (``probe_steps`` steps) over the
+    h and c units for every row, on A, scored on B: when no single unit reaches a predicate
+    it tells "spread over many units" from "not in the model" (~10 s a row for 200k
+    characters of a 1 x 256 LSTM).
     """
     say = log or (lambda msg: None)
     preds = select(predicates) if predicates is None or isinstance(predicates, str) else list(predicates)
@@ -421,10 +431,18 @@ def build(
             rows[i].untrained = scores[(0, i)]
         seconds["untrained"] = time.perf_counter() - t0
         say(f"untrained control in {seconds['untrained']:.1f} s")
+    if probe:
+        t0 = time.perf_counter()
+        readable = tuple(k for k in ("h", "c") if k in tr.kinds) or tuple(tr.kinds)
+        for i in groups[0].rows:
+            rows[i].probe = logistic_probe(tr, masks[rows[i].predicate.name], kinds=readable, steps=probe_steps,
+                                           split_at=split_at, fraction=fraction)
+        seconds["probe"] = time.perf_counter() - t0
+        say(f"probes in {seconds['probe']:.1f} s")
     rows.sort(key=lambda r: (r.best is None, -r.gain if r.best is not None else 0.0))
     cfg = model.config
     name = f"{cfg.cell} {cfg.layers} x {getattr(cfg, 'sizes', cfg.hidden)}, vocabulary {cfg.vocab_size}"
     settings = {"split_at": split_at, "fraction": fraction, "kinds": kinds, "seed": seed, "dtype": dtype,
-                "untrained": untrained is not False, "top_k": top_k, "snippets": snippets,
+                "untrained": untrained is not False, "top_k": top_k, "snippets": snippets, "probe": probe,
                 "controls": dict(CONTROL_DOCS)}
     return Atlas(rows, tr, in_a, masks, name, seconds, settings)

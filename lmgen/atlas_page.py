@@ -90,14 +90,17 @@ def _fmt(score, attr: str = "auroc_b") -> str:
 
 def _table(atlas: Atlas) -> str:
     e = html.escape
+    probed = any(r.probe is not None for r in atlas.rows)
     head = ("<tr><th>#</th><th class='l'>predicate</th><th>inside (B)</th><th class='l'>unit</th>"
             "<th>AUROC A</th><th>AUROC B</th><th>hard B</th><th>untrained B</th>"
-            "<th class='l'>best control</th><th>control B</th><th>gain</th></tr>")
+            "<th class='l'>best control</th><th>control B</th><th>gain</th>"
+            + ("<th title='a sparse logistic probe over all h and c units, fitted on part A'>probe B</th>"
+               if probed else "") + "</tr>")
     lines = ["<table class='atlas'>", head]
     for n, r in enumerate(atlas.rows, 1):
         name = e(r.predicate.name)
         if r.best is None:
-            lines.append(f"<tr><td>{n}</td><td class='l'>{name}</td><td class='l' colspan='9'>skipped: "
+            lines.append(f"<tr><td>{n}</td><td class='l'>{name}</td><td class='l' colspan='{9 + probed}'>skipped: "
                          f"{e(r.skipped)}</td></tr>")
             continue
         sign = "+" if r.best.sign > 0 else "&minus;"
@@ -110,7 +113,8 @@ def _table(atlas: Atlas) -> str:
             f"{e(r.predicate.doc)}</div></td><td>{r.inside:.1%}</td><td class='l'>{e(str(r.best.unit))} {sign}</td>"
             f"<td>{r.best.auroc_a:.3f}</td><td>{r.best.auroc_b:.3f}</td><td title='{hard_title}'>{_fmt(r.hard)}</td>"
             f"<td>{_fmt(r.untrained)}</td><td class='l' title='{control_title}'>{control}</td>"
-            f"<td>{r.control.auroc_b:.3f}</td><td{good}>{r.gain:+.3f}</td></tr>")
+            f"<td>{r.control.auroc_b:.3f}</td><td{good}>{r.gain:+.3f}</td>"
+            + (f"<td title='{r.probe.nonzero} units'>{_fmt(r.probe)}</td>" if probed else "") + "</tr>")
     lines.append("</table>")
     return "\n".join(lines)
 
@@ -136,6 +140,10 @@ def _section(atlas: Atlas, row: Row) -> str:
                      f"best control {row.control_hard.name} {row.control_hard.auroc_b:.3f}")
     if row.untrained is not None:
         facts.append(f"untrained model: {row.untrained.unit} B {row.untrained.auroc_b:.3f}")
+    if row.probe is not None:
+        top = ", ".join(f"{u} {w:+.2f}" for u, w in row.probe.top_units(5))
+        facts.append(f"sparse logistic probe over h and c ({row.probe.nonzero} units): A {row.probe.auroc_a:.3f}, "
+                     f"B {row.probe.auroc_b:.3f}; heaviest: {top}")
     facts.append(f"best trivial control: {row.control.name} ({CONTROL_DOCS.get(row.control.name, '')}) "
                  f"B {row.control.auroc_b:.3f}; gain {row.gain:+.3f}")
     parts = [f"<section class='row' id='p-{e(row.predicate.name, quote=True)}'><h3>{e(row.predicate.name)}</h3>",

@@ -18,7 +18,7 @@ from lmgen.cli.atlas import split_point
 from lmgen.config import ModelConfig
 from lmgen.errors import ConfigError
 from lmgen.model import RNNLM
-from lmgen.probe import average_ranks, rank_units, run_length, score_feature
+from lmgen.probe import average_ranks, logistic_probe, rank_units, run_length, score_feature
 from lmgen.tokenizer import build_tokenizer
 
 CODE = '''import os  # the os module
@@ -244,6 +244,27 @@ def test_atlas_aurocs_equal_rank_units(tok, small_atlas):
     assert gains == sorted(gains, reverse=True) and atlas.rows[: len(scored)] == scored
 
 
+def test_atlas_probe_column_equals_logistic_probe(tok):
+    """build(probe=True): every scored row's probe is logistic_probe's over h and c on the
+    same data (the same fit, bit for bit), and the table and page show it."""
+    model = _model("lstm", tok.vocab_size, hidden=8, layers=1)
+    names = ("comment", "parentheses", "wikilink")
+    atlas = build(model, tok, TEXT, predicates=",".join(names), split_at=len(CODE) * 2, untrained=False,
+                  probe=True, probe_steps=30)
+    rows = {r.predicate.name: r for r in atlas.rows}
+    assert rows["wikilink"].probe is None  # skipped rows have no probe
+    for name in ("comment", "parentheses"):
+        got = rows[name].probe
+        want = logistic_probe(atlas.trace, P.PREDICATES[name].mask(TEXT), kinds=("h", "c"), steps=30,
+                              split_at=len(CODE) * 2)
+        assert got.units == want.units and np.array_equal(got.weights, want.weights)
+        assert (got.auroc_a, got.auroc_b) == (want.auroc_a, want.auroc_b)
+        assert f"{got.auroc_b:9.3f}" in atlas.table()
+    assert "probe B" in atlas.table() and "probe B" in atlas.table_html() and "sparse logistic probe" in atlas.to_html()
+    plain = build(model, tok, TEXT, predicates="comment", split_at=len(CODE) * 2, untrained=False)
+    assert "probe" not in plain.table() and "probe B" not in plain.to_html()
+
+
 def test_atlas_skips_what_it_cannot_score(tok, small_atlas):
     _, atlas = small_atlas
     skipped = {r.predicate.name: r.skipped for r in atlas.rows if r.best is None}
@@ -293,9 +314,10 @@ def test_cli_atlas(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "atlas.html"
     base = ["atlas", str(tiny_checkpoint), "--text", str(text_file), "--allow-unknown", "--out", str(out),
             "--threads", "1"]
-    assert main(base + ["--predicates", "comment,parentheses", "--split-at", "0.5"]) == 0
+    assert main(base + ["--predicates", "comment,parentheses", "--split-at", "0.5", "--probe"]) == 0
     captured = capsys.readouterr()
     assert "comment" in captured.out and "parentheses" in captured.out and "gain" in captured.out
+    assert "probe B" in captured.out and "probes in" in captured.err
     assert "wrote" in captured.err and out.read_text(encoding="utf-8").count("<section") == 2
     for args, message in (
         ([], "give a checkpoint and --text FILE"),

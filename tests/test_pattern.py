@@ -102,6 +102,48 @@ def test_pattern_search_window_score_and_errors():
         find_pattern(tr, *full[0], 0.5, kinds=("c",))
 
 
+def _brute_force_units(values, t0, t1, threshold, lag):
+    """The pattern's units by the definition, one unit and one token at a time."""
+    T, H = values.shape
+    chosen = []
+    for j in range(H):
+        on = all(values[t, j] > threshold for t in range(t0 + lag, t1))
+        off = all(values[t, j] <= threshold for t in (t0 - 1, t1 + lag) if 0 <= t < T)
+        if on and off:
+            chosen.append(j)
+    return chosen
+
+
+@pytest.mark.parametrize("delay", [1, 2, 3])
+def test_a_lag_lets_units_that_switch_on_late_form_the_pattern(delay):
+    """Units 0-2 respond `delay` tokens late (on over [s + delay, e + delay) of every plant),
+    as a cell state that builds up: LSTMVis's rule finds nothing, a lag of `delay` finds them
+    and every other plant, shifted by the delay, as an exact match."""
+    tr, full, _ = _planted()
+    units = tr.layers[0]["h"].copy()
+    units[:, :3] = np.random.default_rng(1).uniform(-1.0, 0.25, size=(len(units), 3))
+    for s, e in full:
+        units[s + delay : e + delay, :3] = 1.0
+    tr2 = Trace(**{**tr.__dict__, "layers": [{"h": units}]})
+    s0, e0 = full[0]
+    with pytest.raises(ConfigError, match="allow a lag"):
+        find_pattern(tr2, s0, e0, 0.5)
+    for lag in range(e0 - s0):
+        expected = _brute_force_units(units, s0, e0, 0.5, lag)
+        try:
+            got = [u.index for u in find_pattern(tr2, s0, e0, 0.5, lag=lag).units]
+        except ConfigError:
+            got = []
+        assert got == expected, lag
+    pattern = find_pattern(tr2, s0, e0, 0.5, lag=delay)
+    assert [u.index for u in pattern.units] == [0, 1, 2] and pattern.lag == delay
+    found = [(m.start, m.end) for m in pattern.matches[: len(full) - 1]]
+    assert found == [(s + delay, e + delay) for s, e in full[1:]]  # the selection's own run has the plants' length
+    assert all(m.score == 1.0 for m in pattern.matches[: len(full) - 1])
+    with pytest.raises(ConfigError, match="lag must be in"):
+        find_pattern(tr2, s0, e0, 0.5, lag=e0 - s0)
+
+
 def test_pattern_view_shows_selection_and_matches_escaped(tmp_path):
     tr, full, _ = _planted()
     pattern = find_pattern(tr, *full[0], 0.5)

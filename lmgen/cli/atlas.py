@@ -67,7 +67,7 @@ def cmd_atlas(args: argparse.Namespace) -> int:
     atlas = build(ckpt.model, ckpt.tokenizer, text, predicates=predicates, split_at=split_at,
                   kinds=args.kinds.split(",") if args.kinds else None, untrained=not args.no_untrained,
                   seed=seed, dtype="float16" if args.float16 else "float32", top_k=args.top_k,
-                  snippets=args.snippets, allow_unknown=args.allow_unknown,
+                  snippets=args.snippets, allow_unknown=args.allow_unknown, probe=args.probe,
                   log=lambda msg: print(msg, file=sys.stderr))
     print(atlas.table())
     atlas.save(out)
@@ -98,6 +98,9 @@ def add_atlas_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the untrained control's weights (default: the checkpoint's training seed)")
     p.add_argument("--no-untrained", action="store_true", help="skip the untrained-model control (faster)")
+    p.add_argument("--probe", action="store_true",
+                   help="also fit a sparse logistic probe over all h and c units per predicate (on A, AUROC on B): "
+                        "is a predicate no single unit tracks spread over many? (~10 s a predicate)")
     p.add_argument("--float16", action="store_true", help="store activations in float16 (half the memory)")
     p.add_argument("--top-k", type=int, default=3, help="next-token guesses shown under each snippet position")
     p.add_argument("--snippets", type=int, default=2, help="coloured snippets per predicate on the page")
