@@ -394,9 +394,11 @@ def causal_effect(model, tokenizer, text: str, unit, predicate: np.ndarray, *, n
 @dataclass
 class Match:
     """A place where the pattern's units are on: characters [start, end), tokens [t0, t1).
-    ``score = on * off * length`` in [0, 1]: ``on`` the mean share of the units on inside,
-    ``off`` one minus their mean share at the tokens just before and after, ``length``
-    min/max of its length and the selection's (in tokens)."""
+    ``score = on * off * cover`` in [0, 1]: ``on`` the mean share of the units on inside,
+    ``off`` one minus their mean share at the tokens just before and after, ``cover`` its
+    length over the selection's (in tokens), at most 1: a shorter run is partial evidence,
+    a longer one (a longer URL, a longer string) is as good a match. Equal scores: the
+    longer run first."""
 
     start: int
     end: int
@@ -405,6 +407,7 @@ class Match:
     score: float
     on: float
     off: float
+    cover: float = 1.0
 
 
 @dataclass
@@ -421,6 +424,7 @@ class Pattern:
     matches: list[Match]
     signs: list[int] = field(default_factory=list)  # +1: on when high, -1: on when low (signed=True)
     lag: int = 0  # tokens the units were allowed to take to switch on and off
+    off_after: bool = True  # were they required to be off after the selection?
 
     def show(self, top: int = 10, context: int = 30):
         """The selection and the ``top`` matches as coloured text (:func:`lmgen.viz.show_pattern`)."""
@@ -433,7 +437,8 @@ class Pattern:
 
 
 def find_pattern(trace: Trace, start: int, end: int, threshold: float = 0.3, *, kinds=("h",), min_share: float = 0.5,
-                 search: tuple[int, int] | None = None, signed: bool = False, lag: int = 0) -> Pattern:
+                 search: tuple[int, int] | None = None, signed: bool = False, lag: int = 0,
+                 off_after: bool = True) -> Pattern:
     """The units on in characters [start, end) and off just before and after, and the other
     places of the text where the same set is on, ranked by :class:`Match`'s score.
 
@@ -449,8 +454,10 @@ def find_pattern(trace: Trace, start: int, end: int, threshold: float = 0.3, *, 
     it reads, so a URL cell is on only from the third character of "http://" and fades a
     token or two after the URL: with ``lag=k`` a unit must be on from the selection's
     (k+1)-th token to its last and off at the token before it and at the k-th token after
-    it. ``lag=0`` is LSTMVis's rule. The expected length of a match is that of the
-    selection's own run of tokens with the pattern on.
+    it. ``off_after=False`` drops the test after the selection, for a state that fades
+    over many tokens (LSTMVis lets its user drop either side's test too). ``lag=0`` with
+    ``off_after=True`` is LSTMVis's rule. The selection's length, for ``cover``, is that of
+    its own run of tokens with the pattern on.
 
     >>> pattern = find_pattern(tr, 120, 140, 0.5)        # doctest: +SKIP
     >>> [tr.text[m.start:m.end] for m in pattern.matches[:3]]   # doctest: +SKIP
@@ -474,7 +481,7 @@ def find_pattern(trace: Trace, start: int, end: int, threshold: float = 0.3, *, 
             for sign in (1, -1) if signed else (1,):
                 values = acts[kind] if sign > 0 else -acts[kind]  # a low unit is "on" below -threshold
                 chosen = (values[t0 + lag : t1] > threshold).all(axis=0)
-                for t in (t0 - 1, t1 + lag):
+                for t in (t0 - 1, t1 + lag) if off_after else (t0 - 1,):
                     if 0 <= t < len(trace):
                         chosen &= values[t] <= threshold
                 units += [Unit(layer, kind, int(j)) for j in np.flatnonzero(chosen)]
@@ -482,9 +489,10 @@ def find_pattern(trace: Trace, start: int, end: int, threshold: float = 0.3, *, 
                 columns.append(values[:, chosen] > threshold)
     if not units:
         where = f"[{start}, {end})" if not lag else f"[{start}, {end}) but its first {lag} tokens"
+        around = "just before and after" if off_after else "just before"
         raise ConfigError(f"no unit of kinds {', '.join(kinds)} is above {threshold} on all of {where} "
-                          f"and below it just before and after; lower the threshold, select fewer characters "
-                          f"or allow a lag")
+                          f"and below it {around}; lower the threshold, select fewer characters, allow a lag "
+                          f"or drop the test after (off_after=False)")
     count = np.concatenate(columns, axis=1).sum(axis=1)  # [T] units on; integers keep the means exact
     share = count / len(units)
     on = np.concatenate([[0], (share >= min_share).astype(np.int8), [0]])
@@ -493,7 +501,7 @@ def find_pattern(trace: Trace, start: int, end: int, threshold: float = 0.3, *, 
     padded = np.concatenate([[0.0], share, [0.0]])  # share "before the first" and "after the last" token: 0
     lo, hi = search if search is not None else (0, len(text))
     own = int(np.searchsorted(run_ends, t1 - 1, side="right"))  # the run holding the selection's last token
-    size = int(run_ends[own] - run_starts[own])  # t1 - t0 when lag is 0
+    size = int(run_ends[own] - run_starts[own])  # t1 - t0 under LSTMVis's rule
     matches = []
     for a, b in zip(run_starts.tolist(), run_ends.tolist()):
         if a < t1 + lag and b > t0:  # the selection itself
@@ -502,7 +510,7 @@ def find_pattern(trace: Trace, start: int, end: int, threshold: float = 0.3, *, 
         if s < lo or e > hi:
             continue
         inside, off = (cum[b] - cum[a]) / ((b - a) * len(units)), 1.0 - (padded[a] + padded[b + 1]) / 2.0
-        length = min(b - a, size) / max(b - a, size)
-        matches.append(Match(s, e, a, b, float(inside * off * length), float(inside), float(off)))
-    matches.sort(key=lambda m: (-m.score, m.start))
-    return Pattern(trace, start, end, float(threshold), units, share, matches, signs, lag)
+        cover = min(b - a, size) / size
+        matches.append(Match(s, e, a, b, float(inside * off * cover), float(inside), float(off), float(cover)))
+    matches.sort(key=lambda m: (-m.score, -(m.t1 - m.t0), m.start))
+    return Pattern(trace, start, end, float(threshold), units, share, matches, signs, lag, off_after)

@@ -91,8 +91,15 @@ def test_pattern_search_window_score_and_errors():
     units[e, :3] = 1.0
     tr2 = Trace(**{**tr.__dict__, "layers": [{"h": units}]})
     m = next(m for m in find_pattern(tr2, *full[0], 0.5).matches if m.start == s)
-    assert (m.end, m.on, m.off) == (e + 1, 1.0, 1.0 - (1 / 3 + 0) / 2)
-    assert m.score == pytest.approx(1.0 * (1 - 1 / 6) * (e - s) / (e + 1 - s))
+    assert (m.end, m.on, m.off, m.cover) == (e + 1, 1.0, 1.0 - (1 / 3 + 0) / 2, 1.0)  # longer: a whole match
+    assert m.score == pytest.approx(1.0 * (1 - 1 / 6) * 1.0)
+    # a shorter run is partial evidence: cover = its length over the selection's
+    units[s:e, :3] = 1.0
+    units[e - 2 : e + 1, :3] = 0.0
+    units[s - 1, 0] = 0.0
+    tr3 = Trace(**{**tr.__dict__, "layers": [{"h": units}]})
+    m = next(m for m in find_pattern(tr3, *full[0], 0.5).matches if m.start == s)
+    assert (m.end, m.cover, m.score) == (e - 2, (e - 2 - s) / (e - s), (e - 2 - s) / (e - s))
     for args, message in (((5, 5, 0.5), "0 <= start < end"), ((0, 10 ** 6, 0.5), "0 <= start < end")):
         with pytest.raises(ConfigError, match=message):
             find_pattern(tr, *args)
@@ -142,6 +149,30 @@ def test_a_lag_lets_units_that_switch_on_late_form_the_pattern(delay):
     assert all(m.score == 1.0 for m in pattern.matches[: len(full) - 1])
     with pytest.raises(ConfigError, match="lag must be in"):
         find_pattern(tr2, s0, e0, 0.5, lag=e0 - s0)
+
+
+def test_off_after_false_keeps_units_that_fade_slowly():
+    """Units 0-2 stay on 3 tokens past every plant: the test after the selection drops them,
+    off_after=False keeps them; the brute-force definition agrees either way; equal scores
+    put the longer run first."""
+    tr, full, _ = _planted()
+    units = tr.layers[0]["h"].copy()
+    for s, e in full:
+        units[s : e + 3, :3] = 1.0
+    tr2 = Trace(**{**tr.__dict__, "layers": [{"h": units}]})
+    s0, e0 = full[0]
+    with pytest.raises(ConfigError, match="off_after=False"):
+        find_pattern(tr2, s0, e0, 0.5)
+    pattern = find_pattern(tr2, s0, e0, 0.5, off_after=False)
+    assert [u.index for u in pattern.units] == [0, 1, 2] and not pattern.off_after
+    T = len(units)
+    brute = [j for j in range(units.shape[1]) if all(units[t, j] > 0.5 for t in range(s0, e0))
+             and (s0 == 0 or units[s0 - 1, j] <= 0.5)]
+    assert brute == [0, 1, 2] and T > e0
+    found = [(m.start, m.end) for m in pattern.matches[: len(full) - 1]]
+    assert found == [(s, e + 3) for s, e in full[1:]] and all(m.score == 1.0 for m in pattern.matches[:3])
+    scores = [(m.score, m.t1 - m.t0) for m in pattern.matches]
+    assert scores == sorted(scores, key=lambda x: (-x[0], -x[1]))
 
 
 def test_pattern_view_shows_selection_and_matches_escaped(tmp_path):
