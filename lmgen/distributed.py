@@ -30,6 +30,7 @@ seconds (default 1800) with an error, which :func:`lost_contact` turns into a me
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import time
@@ -244,6 +245,11 @@ def close(world: World) -> None:
         return
     import torch.distributed as dist
 
+    # DDP's reducer and its pending gloo work sit in reference cycles: unless collected now,
+    # they are freed during interpreter shutdown, after the group is gone, where a gloo worker
+    # thread can abort the process ("terminate called without an active exception", SIGABRT;
+    # still seen now and then on a loaded machine after train()'s barrier was added).
+    gc.collect()
     with contextlib.suppress(Exception):  # after a failure the group may be broken already
         if dist.is_initialized():
             dist.destroy_process_group()
