@@ -455,7 +455,8 @@ def find_pattern(trace: Trace, start: int, end: int, threshold: float = 0.3, *, 
     token or two after the URL: with ``lag=k`` a unit must be on from the selection's
     (k+1)-th token to its last and off at the token before it and at the k-th token after
     it. ``off_after=False`` drops the test after the selection, for a state that fades
-    over many tokens (LSTMVis lets its user drop either side's test too). ``lag=0`` with
+    over many tokens (LSTMVis's match makes either end optional: its server's
+    ``constrain_left`` / ``constrain_right``). ``lag=0`` with
     ``off_after=True`` is LSTMVis's rule. The selection's length, for ``cover``, is that of
     its own run of tokens with the pattern on.
 
