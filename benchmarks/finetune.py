@@ -64,6 +64,8 @@ def main() -> int:
     p.add_argument("--hidden", type=int, default=ModelConfig.hidden, help="hidden size of the char LSTM")
     p.add_argument("--layers", type=int, default=ModelConfig.layers, help="recurrent layers")
     p.add_argument("--child-lr", type=float, default=None, help="the child's --lr (default: the parent's / 2)")
+    p.add_argument("--child-dropout", type=float, default=None,
+                   help="the child's --dropout (default: the parent's; a regulariser, free to change when fine-tuning)")
     p.add_argument("--eval-every", type=int, default=100, help="steps between validations (best/ selection)")
     p.add_argument("--max-tokens", type=int, default=0, help="score only this prefix of the valid split (0 = all)")
     p.add_argument("--out", default="", help="folder for the three runs (default: a fresh folder under /tmp)")
@@ -103,7 +105,8 @@ def main() -> int:
                        out=str(out / "child"), **common)
     if args.child_lr is not None:
         child_given["lr"] = args.child_lr
-    run("child", *finetune_settings({}, child_given))
+    child_model = {} if args.child_dropout is None else {"dropout": args.child_dropout}
+    run("child", *finetune_settings(child_model, child_given))
     run("control", TrainConfig(corpus=str(text), time=budget["control"], out=str(out / "control"), **common),
         model_cfg)
 
