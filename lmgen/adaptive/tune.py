@@ -33,7 +33,7 @@ from .score import PassResult, score_pass
 THETAS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
 LAMBDAS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
 LR_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
-DECAY_FACTORS = (0.5, 2.0)
+DECAY_FACTORS = (0.25, 0.5, 2.0)  # 0.25: on PTB the best decay was 0.005 (docs/adaptive.md)
 EDGE_STEPS = 3  # extra lr passes when the best is at an end of the grid
 TUNABLE = ("theta", "lambda", "lr", "decay")
 
