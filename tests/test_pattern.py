@@ -109,13 +109,13 @@ def test_pattern_search_window_score_and_errors():
         find_pattern(tr, *full[0], 0.5, kinds=("c",))
 
 
-def _brute_force_units(values, t0, t1, threshold, lag):
+def _brute_force_units(values, t0, t1, threshold, lag, off_after=True):
     """The pattern's units by the definition, one unit and one token at a time."""
     T, H = values.shape
     chosen = []
     for j in range(H):
         on = all(values[t, j] > threshold for t in range(t0 + lag, t1))
-        off = all(values[t, j] <= threshold for t in (t0 - 1, t1 + lag) if 0 <= t < T)
+        off = all(values[t, j] <= threshold for t in ((t0 - 1, t1 + lag) if off_after else (t0 - 1,)) if 0 <= t < T)
         if on and off:
             chosen.append(j)
     return chosen
@@ -165,10 +165,8 @@ def test_off_after_false_keeps_units_that_fade_slowly():
         find_pattern(tr2, s0, e0, 0.5)
     pattern = find_pattern(tr2, s0, e0, 0.5, off_after=False)
     assert [u.index for u in pattern.units] == [0, 1, 2] and not pattern.off_after
-    T = len(units)
-    brute = [j for j in range(units.shape[1]) if all(units[t, j] > 0.5 for t in range(s0, e0))
-             and (s0 == 0 or units[s0 - 1, j] <= 0.5)]
-    assert brute == [0, 1, 2] and T > e0
+    assert _brute_force_units(units, s0, e0, 0.5, 0, off_after=False) == [0, 1, 2]
+    assert _brute_force_units(units, s0, e0, 0.5, 0) == []
     found = [(m.start, m.end) for m in pattern.matches[: len(full) - 1]]
     assert found == [(s, e + 3) for s, e in full[1:]] and all(m.score == 1.0 for m in pattern.matches[:3])
     scores = [(m.score, m.t1 - m.t0) for m in pattern.matches]
